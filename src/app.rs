@@ -1,0 +1,156 @@
+//! Wires the proxy together: config → TLS, pools, auth source; the listeners and their accept
+//! loops; the pool maintenance timer; shutdown. Nothing below imports this module.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, ServerTls};
+use crate::net::tls;
+use crate::pool::Pools;
+use crate::session::{self, auth::AuthSource, cancel::CancelRegistry, Context};
+use crate::wire::{PgError, SqlState};
+
+#[derive(Debug, Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// A running proxy.
+pub struct Proxy {
+    addrs: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    ctx: Arc<Context>,
+}
+
+impl Proxy {
+    /// Binds the listeners (port 0 picks a free port) and starts serving.
+    pub async fn start(config: Config) -> Result<Proxy, AppError> {
+        let config = Arc::new(config);
+        let client_tls = match (&config.client_tls.cert_file, &config.client_tls.key_file) {
+            (Some(c), Some(k)) => Some(tls::acceptor(c, k)?),
+            _ => None,
+        };
+        let mut server_tls = HashMap::new();
+        for (name, c) in &config.clusters {
+            let connector = match c.tls {
+                ServerTls::Disable => None,
+                ServerTls::Verify(v) => Some(tls::connector(v, c.ca_file.as_deref())?),
+            };
+            server_tls.insert(name.clone(), connector);
+        }
+        let ctx = Arc::new(Context {
+            auth: AuthSource::new(&config),
+            config: config.clone(),
+            pools: Pools::default(),
+            cancels: CancelRegistry::default(),
+            tls: client_tls,
+            server_tls,
+            next_server_id: Arc::new(AtomicU64::new(1)),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut addrs = Vec::new();
+        let limit = Arc::new(Semaphore::new(config.pool.max_client_connections as usize));
+        for addr in &config.listen {
+            let listener = TcpListener::bind(addr).await.map_err(|source| AppError::Listen { addr: *addr, source })?;
+            let local = listener.local_addr().map_err(|source| AppError::Listen { addr: *addr, source })?;
+            tracing::info!(addr = %local, "listening");
+            addrs.push(local);
+            tasks.spawn(accept_loop(listener, ctx.clone(), limit.clone(), stop_rx.clone()));
+        }
+        tasks.spawn(maintain(ctx.clone(), stop_rx));
+        Ok(Proxy { addrs, stop, tasks, ctx })
+    }
+
+    /// The first listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// Stops accepting and closes the pools. Sessions in progress end when their clients do.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        for p in self.ctx.pools.all() {
+            p.close();
+        }
+    }
+
+    /// Serves until SIGINT or SIGTERM.
+    pub async fn run_until_signalled(self) {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, limit: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let mut tcp = tcp;
+                let mut out = BytesMut::new();
+                PgError::fatal(SqlState::TOO_MANY_CONNECTIONS, "sorry, too many clients already").encode(&mut out);
+                let _ = tcp.write_all(&out).await;
+            });
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            session::serve(ctx, tcp, peer).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn maintain(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        for pool in ctx.pools.all() {
+            pool.maintain().await;
+        }
+    }
+}

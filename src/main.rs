@@ -1,0 +1,116 @@
+//! The `pgweir` command: `run` the proxy, `check` a config file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pgweir::config::{self, Overrides};
+
+#[derive(Parser)]
+#[command(name = "pgweir", version, about = "PostgreSQL-wire proxy: pooling, read/write split, result cache, sharding")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (with no arguments: 127.0.0.1:6432 in front of postgres://localhost:5432).
+    Run(RunArgs),
+    /// Validate a config file; exits non-zero naming the key and line of the first problem.
+    Check {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Config file (TOML). Flags below override its values.
+    #[arg(short = 'c', long = "config", env = "PGWEIR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (repeatable).
+    #[arg(long)]
+    listen: Vec<String>,
+    /// The primary server: postgres://[user[:password]@]host[:port][/db].
+    #[arg(long)]
+    upstream: Option<String>,
+    /// A replica server URL (repeatable).
+    #[arg(long = "replica")]
+    replicas: Vec<String>,
+    /// session or transaction.
+    #[arg(long)]
+    pool_mode: Option<String>,
+    /// Server connections per (database, user) pool.
+    #[arg(long)]
+    pool_size: Option<u32>,
+    /// Client authentication: trust, md5 or scram-sha-256.
+    #[arg(long)]
+    auth: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config: path } => match config::load(Some(&path), &Overrides::default()) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run(args) => {
+            let overrides = Overrides {
+                listen: args.listen,
+                upstream: args.upstream,
+                replicas: args.replicas,
+                pool_mode: args.pool_mode,
+                pool_size: args.pool_size,
+                auth: args.auth,
+            };
+            let cfg = match config::load(args.config.as_deref(), &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(args.log_json);
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(async move {
+                match pgweir::app::Proxy::start(cfg).await {
+                    Ok(p) => {
+                        p.run_until_signalled().await;
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("pgweir: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGWEIR_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

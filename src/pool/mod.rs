@@ -1,0 +1,190 @@
+//! Server connection pools, one per (database, user), built on `deadpool`. A pool hands out
+//! authenticated connections that are idle at a ReadyForQuery boundary, replaces dead ones at
+//! checkout, closes idle and old ones from a timer, and keeps `min_idle` warm. It knows nothing
+//! of clients: the session decides when to check out and what state to clean before returning.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, PoolError, RecycleError, RecycleResult, Timeouts};
+use thiserror::Error;
+
+use crate::config::PoolMode;
+use crate::net::is_idle_and_open;
+use crate::server::{connect, ServerConn, ServerError, Target};
+use crate::wire::{PgError, SqlState};
+
+/// Creates and checks server connections for one pool.
+pub struct Manager {
+    pub target: Arc<Target>,
+    pub lifetime: Duration,
+    /// ParameterStatus values of a fresh connection: what a client that sets nothing should see.
+    pub defaults: OnceLock<HashMap<String, String>>,
+}
+
+impl managed::Manager for Manager {
+    type Type = ServerConn;
+    type Error = ServerError;
+
+    async fn create(&self) -> Result<ServerConn, ServerError> {
+        let conn = connect(&self.target).await?;
+        let _ = self.defaults.set(conn.params.clone());
+        Ok(conn)
+    }
+
+    async fn recycle(&self, conn: &mut ServerConn, metrics: &Metrics) -> RecycleResult<ServerError> {
+        if conn.broken || conn.status != b'I' || !conn.rbuf.is_empty() {
+            return Err(RecycleError::message("connection was left in an unusable state"));
+        }
+        if metrics.age() > self.lifetime {
+            return Err(RecycleError::message("connection reached its lifetime"));
+        }
+        if !is_idle_and_open(&mut conn.stream) {
+            return Err(RecycleError::message("server closed the connection"));
+        }
+        Ok(())
+    }
+}
+
+pub type Pooled = managed::Object<Manager>;
+
+#[derive(Debug, Error)]
+pub enum CheckoutError {
+    #[error("no server connection available in pool \"{pool}\" within {waited:?} (pool size {size})")]
+    WaitTimeout { pool: String, waited: Duration, size: usize },
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("pool \"{0}\" is closed")]
+    Closed(String),
+}
+
+impl CheckoutError {
+    pub fn to_pg(&self) -> PgError {
+        match self {
+            CheckoutError::WaitTimeout { .. } => {
+                PgError::error(SqlState::TOO_MANY_CONNECTIONS, format!("pgweir: {self}"))
+                    .with_hint("raise pool.size or pool.wait_timeout, or shorten transactions")
+            }
+            CheckoutError::Server(e) => PgError::error(SqlState::CONNECTION_FAILURE, format!("pgweir: {e}")),
+            CheckoutError::Closed(_) => PgError::error(SqlState::ADMIN_SHUTDOWN, format!("pgweir: {self}")),
+        }
+    }
+}
+
+/// One pool of server connections for a (database, user).
+pub struct ServerPool {
+    /// "database/user", used in messages and metrics.
+    pub name: String,
+    pub mode: PoolMode,
+    pub size: usize,
+    pub min_idle: usize,
+    pub idle_timeout: Duration,
+    wait_timeout: Duration,
+    pool: managed::Pool<Manager>,
+}
+
+impl ServerPool {
+    pub fn new(
+        name: String,
+        mode: PoolMode,
+        size: usize,
+        min_idle: usize,
+        wait: Duration,
+        idle: Duration,
+        manager: Manager,
+    ) -> ServerPool {
+        let pool = managed::Pool::builder(manager)
+            .max_size(size)
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .expect("a pool with a runtime and no create timeout always builds");
+        ServerPool { name, mode, size, min_idle, idle_timeout: idle, wait_timeout: wait, pool }
+    }
+
+    pub fn target(&self) -> &Arc<Target> {
+        &self.pool.manager().target
+    }
+
+    pub fn defaults(&self) -> Option<&HashMap<String, String>> {
+        self.pool.manager().defaults.get()
+    }
+
+    /// Waits up to the pool's wait timeout for a connection. Opening a connection that fails
+    /// for a transient reason (refused, reset) is tried three times before the error is returned.
+    pub async fn checkout(&self) -> Result<Pooled, CheckoutError> {
+        let deadline = tokio::time::Instant::now() + self.wait_timeout;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let timeouts = Timeouts { wait: Some(left), create: None, recycle: None };
+            match self.pool.timeout_get(&timeouts).await {
+                Ok(c) => return Ok(c),
+                Err(PoolError::Timeout(_)) => {
+                    return Err(CheckoutError::WaitTimeout {
+                        pool: self.name.clone(),
+                        waited: self.wait_timeout,
+                        size: self.size,
+                    })
+                }
+                Err(PoolError::Backend(e)) if e.is_transient() && attempts < 3 && left > Duration::from_millis(300) => {
+                    // A server restarting or a connection refused: try again within the wait.
+                    tracing::warn!(pool = %self.name, error = %e, "server connection failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(PoolError::Backend(e)) => return Err(e.into()),
+                Err(PoolError::Closed) => return Err(CheckoutError::Closed(self.name.clone())),
+                Err(PoolError::NoRuntimeSpecified) | Err(PoolError::PostCreateHook(_)) => {
+                    return Err(CheckoutError::Closed(self.name.clone()))
+                }
+            }
+        }
+    }
+
+    /// Closes connections idle past `idle_timeout` and opens connections up to `min_idle`.
+    pub async fn maintain(&self) {
+        let idle = self.idle_timeout;
+        let lifetime = self.pool.manager().lifetime;
+        self.pool.retain(|_, m| m.last_used() < idle && m.age() < lifetime);
+        let status = self.pool.status();
+        let missing = self.min_idle.saturating_sub(status.available).min(status.max_size - status.size);
+        let mut held = Vec::new();
+        for _ in 0..missing {
+            match self.pool.timeout_get(&Timeouts { wait: Some(Duration::ZERO), create: None, recycle: None }).await {
+                Ok(c) => held.push(c),
+                Err(_) => break,
+            }
+        }
+    }
+
+    pub fn status(&self) -> deadpool::Status {
+        self.pool.status()
+    }
+
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}
+
+/// Drops a checked-out connection instead of returning it (it cannot be trusted).
+pub fn discard(conn: Pooled) {
+    let _ = managed::Object::take(conn);
+}
+
+/// All pools, created on first use.
+#[derive(Default)]
+pub struct Pools {
+    map: Mutex<HashMap<(String, String), Arc<ServerPool>>>,
+}
+
+impl Pools {
+    pub fn get_or_create(&self, db: &str, user: &str, make: impl FnOnce() -> ServerPool) -> Arc<ServerPool> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((db.to_string(), user.to_string())).or_insert_with(|| Arc::new(make())).clone()
+    }
+
+    pub fn all(&self) -> Vec<Arc<ServerPool>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+}

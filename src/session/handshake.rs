@@ -1,0 +1,205 @@
+//! Connection opening: SSLRequest/GSSENCRequest negotiation, CancelRequest dispatch, the
+//! StartupMessage, and then authentication and pool selection (`login`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{ClientConn, Context, Login};
+use crate::config::{ClientTlsMode, ServerTls};
+use crate::net::Stream;
+use crate::pool::{Manager, ServerPool};
+use crate::server::Target;
+use crate::wire::backend::put_negotiate_protocol_version;
+use crate::wire::startup::{parse_initial, parse_options, InitialPacket, StartupError, StartupMessage};
+use crate::wire::{PgError, SqlState};
+
+/// Reads packets until a StartupMessage arrives, upgrading to TLS on request. Returns None when
+/// the connection is finished (a CancelRequest, or an error already reported).
+pub(super) async fn negotiate(ctx: &Context, tcp: TcpStream, peer: SocketAddr) -> Option<(ClientConn, StartupMessage)> {
+    let mut stream = Stream::Plain(tcp);
+    let mut rbuf = BytesMut::with_capacity(1024);
+    let tls_mode = if ctx.tls.is_some() { ctx.config.client_tls.mode } else { ClientTlsMode::Disable };
+    loop {
+        let packet = loop {
+            match parse_initial(&rbuf) {
+                Ok(Some((p, n))) => {
+                    rbuf.advance(n);
+                    break p;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let code = match e {
+                        StartupError::UnsupportedProtocol { .. } => SqlState::FEATURE_NOT_SUPPORTED,
+                        _ => SqlState::PROTOCOL_VIOLATION,
+                    };
+                    reject(&mut stream, PgError::fatal(code, e.to_string())).await;
+                    return None;
+                }
+            }
+            match stream.read_buf(&mut rbuf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        };
+        match packet {
+            InitialPacket::SslRequest => {
+                let Stream::Plain(tcp) = stream else {
+                    reject(
+                        &mut stream,
+                        PgError::fatal(SqlState::PROTOCOL_VIOLATION, "SSLRequest received on an encrypted connection"),
+                    )
+                    .await;
+                    return None;
+                };
+                let mut tcp = tcp;
+                let Some(acceptor) = ctx.tls.as_ref().filter(|_| tls_mode != ClientTlsMode::Disable) else {
+                    tcp.write_all(b"N").await.ok()?;
+                    stream = Stream::Plain(tcp);
+                    continue;
+                };
+                tcp.write_all(b"S").await.ok()?;
+                // Bytes sent before the handshake would be trusted as if encrypted (CVE-2021-23214).
+                if !rbuf.is_empty() {
+                    let mut s = Stream::Plain(tcp);
+                    reject(
+                        &mut s,
+                        PgError::fatal(SqlState::PROTOCOL_VIOLATION, "received unencrypted data after SSL request"),
+                    )
+                    .await;
+                    return None;
+                }
+                match acceptor.accept(tcp).await {
+                    Ok(tls) => stream = Stream::Accepted(Box::new(tls)),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return None;
+                    }
+                }
+            }
+            InitialPacket::GssEncRequest => {
+                stream.write_all(b"N").await.ok()?;
+            }
+            InitialPacket::Cancel { pid, secret } => {
+                ctx.cancels.cancel(pid, &secret).await;
+                return None;
+            }
+            InitialPacket::Startup(msg) => {
+                if tls_mode == ClientTlsMode::Require && !stream.is_tls() {
+                    reject(
+                        &mut stream,
+                        PgError::fatal(
+                            SqlState::INVALID_AUTHORIZATION,
+                            "pgweir: this proxy accepts only TLS connections",
+                        )
+                        .with_hint("connect with sslmode=require"),
+                    )
+                    .await;
+                    return None;
+                }
+                let client = ClientConn { stream, rbuf, wbuf: BytesMut::with_capacity(8192), peer };
+                return Some((client, msg));
+            }
+        }
+    }
+}
+
+async fn reject(stream: &mut Stream, err: PgError) {
+    let mut out = BytesMut::new();
+    err.encode(&mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
+/// Keys of the StartupMessage that are not settings.
+fn is_settings_key(k: &str) -> bool {
+    !matches!(k, "user" | "database" | "options" | "replication") && !k.starts_with("_pq_.")
+}
+
+/// Checks the startup parameters, authenticates, and picks the pool.
+pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMessage) -> Result<Login, PgError> {
+    let user = match msg.get("user") {
+        Some(u) if !u.is_empty() => u.to_string(),
+        _ => {
+            return Err(PgError::fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                "no PostgreSQL user name specified in startup packet",
+            ))
+        }
+    };
+    let database = msg.get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_string();
+    if let Some(r) = msg.get("replication") {
+        if !matches!(r.to_ascii_lowercase().as_str(), "false" | "off" | "no" | "0") {
+            return Err(PgError::fatal(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "pgweir does not proxy replication connections",
+            )
+            .with_hint("connect replication clients directly to the server"));
+        }
+    }
+    let unsupported: Vec<String> =
+        msg.params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
+    if msg.minor > 0 || !unsupported.is_empty() {
+        put_negotiate_protocol_version(&mut client.wbuf, &unsupported);
+    }
+    let mut settings: Vec<(String, String)> =
+        msg.params.iter().filter(|(k, _)| is_settings_key(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Some(opts) = msg.get("options") {
+        let parsed = parse_options(opts).map_err(|m| PgError::fatal(SqlState("42601"), m))?;
+        settings.extend(parsed);
+    }
+
+    let outcome = super::auth::authenticate(ctx, client, &user).await?;
+
+    let route = ctx.config.databases.get(&database);
+    let cluster_name = route.map(|r| r.cluster.clone()).unwrap_or_else(|| ctx.config.default_cluster.clone());
+    let cluster = ctx
+        .config
+        .cluster(&cluster_name)
+        .ok_or_else(|| PgError::fatal(SqlState::INTERNAL_ERROR, format!("pgweir: no cluster \"{cluster_name}\"")))?;
+    let mode = route.and_then(|r| r.pool_mode).unwrap_or(ctx.config.pool.mode);
+    let user_cfg = ctx.config.user(&user);
+    let size = user_cfg.and_then(|u| u.pool_size).or(route.and_then(|r| r.pool_size)).unwrap_or(ctx.config.pool.size);
+    let server_db = route.and_then(|r| r.dbname.clone()).unwrap_or_else(|| database.clone());
+    let server_user = outcome.server_user.clone();
+    let pool = ctx.pools.get_or_create(&database, &user, || {
+        let p = &ctx.config.pool;
+        let tls = match (cluster.tls, ctx.server_tls.get(&cluster.name).cloned().flatten()) {
+            (ServerTls::Verify(_), Some(connector)) => {
+                crate::net::tls::server_name(&cluster.primary.host).ok().map(|n| (connector, n))
+            }
+            _ => None,
+        };
+        let target = Target {
+            host: cluster.primary.host.clone(),
+            port: cluster.primary.port,
+            user: server_user.clone(),
+            dbname: server_db.clone(),
+            credentials: std::sync::Mutex::new(outcome.credentials.clone()),
+            tls,
+            connect_timeout: p.connect_timeout,
+            next_id: Arc::clone(&ctx.next_server_id),
+        };
+        let manager = Manager { target: Arc::new(target), lifetime: p.lifetime, defaults: Default::default() };
+        ServerPool::new(
+            format!("{database}/{user}"),
+            mode,
+            size as usize,
+            p.min_idle as usize,
+            p.wait_timeout,
+            p.idle_timeout,
+            manager,
+        )
+    });
+    // The newest credentials win: a SCRAM pass-through login refreshes the pool's keys.
+    if outcome.refreshes_pool {
+        if let Ok(mut c) = pool.target().credentials.lock() {
+            *c = outcome.credentials.clone();
+        }
+    }
+    Ok(Login { user, database, pool, mode, settings })
+}

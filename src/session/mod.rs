@@ -1,0 +1,100 @@
+//! One client session, from the first byte to the last: TLS and startup negotiation
+//! (`handshake`), authentication (`auth`), choosing the pool, the parameter set the client sees
+//! (`params`), and the relay loop that checks a server out at the first message of a
+//! transaction and gives it back when ReadyForQuery says idle (`relay`). Cancel keys live in
+//! `cancel`. A session never outlives its client and never leaves state on a pooled server.
+
+pub mod auth;
+pub mod cancel;
+mod handshake;
+pub mod params;
+mod relay;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::config::{Config, PoolMode};
+use crate::net::Stream;
+use crate::pool::Pools;
+use crate::wire::{PgError, SqlState};
+
+/// Everything a session needs from the running proxy (built by `app`).
+pub struct Context {
+    pub config: Arc<Config>,
+    pub pools: Pools,
+    pub cancels: cancel::CancelRegistry,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub auth: auth::AuthSource,
+    /// Prebuilt TLS connectors per cluster name (None: plain TCP).
+    pub server_tls: HashMap<String, Option<tokio_rustls::TlsConnector>>,
+    pub next_server_id: Arc<AtomicU64>,
+}
+
+/// The client's socket with its read buffer and pending output.
+pub struct ClientConn {
+    pub stream: Stream,
+    pub rbuf: BytesMut,
+    pub wbuf: BytesMut,
+    pub peer: SocketAddr,
+}
+
+impl ClientConn {
+    /// Writes all pending output.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        self.stream.flush().await
+    }
+
+    /// Sends a FATAL error and closes the connection.
+    pub async fn fatal(&mut self, err: PgError) {
+        tracing::debug!(peer = %self.peer, error = %err, "closing client");
+        err.encode(&mut self.wbuf);
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// Serves one accepted client connection to the end.
+pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let timeout = ctx.config.startup_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let too_slow = || {
+        PgError::fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            format!("pgweir: startup and authentication did not complete within {timeout:?}"),
+        )
+    };
+    let (mut client, startup) = match tokio::time::timeout_at(deadline, handshake::negotiate(&ctx, tcp, peer)).await {
+        Err(_) => return,
+        Ok(None) => return,
+        Ok(Some(x)) => x,
+    };
+    let login = match tokio::time::timeout_at(deadline, handshake::login(&ctx, &mut client, startup)).await {
+        Err(_) => return client.fatal(too_slow()).await,
+        Ok(Err(err)) => return client.fatal(err).await,
+        Ok(Ok(login)) => login,
+    };
+    let guard = ctx.cancels.register();
+    let mut session = relay::Session::new(&ctx, client, login, guard);
+    session.run().await;
+}
+
+/// The outcome of startup + authentication: who the client is and where it goes.
+pub struct Login {
+    pub user: String,
+    pub database: String,
+    pub pool: Arc<crate::pool::ServerPool>,
+    pub mode: PoolMode,
+    /// Settings the client asked for at startup (parameters and `options`), in order.
+    pub settings: Vec<(String, String)>,
+}

@@ -1,0 +1,165 @@
+//! The settings a client expects its server to have (its startup parameters and `options`,
+//! plus the pool's defaults for the parameters PostgreSQL reports), and the SQL that brings a
+//! server connection in line before the client's request is forwarded. Pure: the relay runs
+//! the SQL.
+
+use std::collections::HashMap;
+
+/// Parameters PostgreSQL reports with ParameterStatus that a client may set. For these the
+/// server's report is the truth; other settings are tracked from what the proxy applied.
+pub const REPORTED: &[&str] =
+    &["application_name", "client_encoding", "DateStyle", "IntervalStyle", "TimeZone", "standard_conforming_strings"];
+
+fn reported_name(name: &str) -> Option<&'static str> {
+    REPORTED.iter().copied().find(|r| r.eq_ignore_ascii_case(name))
+}
+
+/// Settings one client wants on whatever server it is given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientParams {
+    want: Vec<(String, String)>,
+}
+
+impl ClientParams {
+    /// The pool's defaults for reported parameters, overridden by the client's own settings.
+    pub fn new(defaults: Option<&HashMap<String, String>>, settings: &[(String, String)]) -> ClientParams {
+        let mut p = ClientParams::default();
+        if let Some(d) = defaults {
+            for r in REPORTED {
+                if let Some(v) = d.get(*r) {
+                    p.set(r, v);
+                }
+            }
+        }
+        for (k, v) in settings {
+            p.set(k, v);
+        }
+        p
+    }
+
+    fn set(&mut self, name: &str, value: &str) {
+        let name = reported_name(name).map(str::to_string).unwrap_or_else(|| name.to_ascii_lowercase());
+        match self.want.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value.to_string(),
+            None => self.want.push((name, value.to_string())),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.want.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// A server reported a parameter while this client held it (the client ran SET).
+    pub fn on_parameter_status(&mut self, name: &str, value: &str) {
+        if reported_name(name).is_some() {
+            self.set(name, value);
+        }
+    }
+
+    /// After a sync, adopt the server's spelling of reported values ("iso" → "ISO, MDY") so
+    /// the next comparison matches.
+    pub fn adopt_reported(&mut self, server_params: &HashMap<String, String>) {
+        for (k, v) in self.want.iter_mut() {
+            if let Some(r) = reported_name(k) {
+                if let Some(sv) = server_params.get(r) {
+                    *v = sv.clone();
+                }
+            }
+        }
+    }
+
+    /// SQL that makes a server match this client, or None if it already does. `applied` holds
+    /// the unreported settings a previous sync put on that server; those this client does not
+    /// want are reset. Returns the new `applied` map to record once the SQL succeeds.
+    pub fn sync_sql(
+        &self,
+        server_params: &HashMap<String, String>,
+        applied: &HashMap<String, String>,
+    ) -> Option<(String, HashMap<String, String>)> {
+        let mut sql = String::new();
+        let mut next = HashMap::new();
+        for (k, v) in &self.want {
+            let current = match reported_name(k) {
+                Some(r) => server_params.get(r),
+                None => {
+                    next.insert(k.clone(), v.clone());
+                    applied.get(k)
+                }
+            };
+            if current != Some(v) {
+                sql.push_str(&format!("SET {} TO {};", quote_ident(k), quote_literal(v)));
+            }
+        }
+        for k in applied.keys() {
+            if !next.contains_key(k) {
+                sql.push_str(&format!("RESET {};", quote_ident(k)));
+            }
+        }
+        (!sql.is_empty()).then_some((sql, next))
+    }
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+pub fn quote_literal(s: &str) -> String {
+    if s.contains('\\') {
+        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(kv: &[(&str, &str)]) -> HashMap<String, String> {
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_then_client_settings() {
+        let d = map(&[("TimeZone", "UTC"), ("application_name", ""), ("server_version", "15")]);
+        let p = ClientParams::new(
+            Some(&d),
+            &[("application_name".into(), "psql".into()), ("datestyle".into(), "iso".into())],
+        );
+        assert_eq!(p.get("timezone"), Some("UTC"));
+        assert_eq!(p.get("application_name"), Some("psql"));
+        assert_eq!(p.get("DateStyle"), Some("iso"));
+        assert_eq!(p.get("server_version"), None);
+    }
+
+    #[test]
+    fn sync_sets_only_differences_and_resets_leftovers() {
+        let p =
+            ClientParams::new(None, &[("application_name".into(), "a'b".into()), ("search_path".into(), "s1".into())]);
+        let server = map(&[("application_name", "a'b")]);
+        let (sql, next) = p.sync_sql(&server, &map(&[("extra_float_digits", "3")])).unwrap();
+        assert_eq!(sql, "SET \"search_path\" TO 's1';RESET \"extra_float_digits\";");
+        assert_eq!(next, map(&[("search_path", "s1")]));
+        assert_eq!(p.sync_sql(&server, &next), None);
+        let other = map(&[("application_name", "x")]);
+        assert_eq!(p.sync_sql(&other, &next).unwrap().0, "SET \"application_name\" TO 'a''b';");
+    }
+
+    #[test]
+    fn adopts_server_spelling_and_tracks_client_sets() {
+        let mut p = ClientParams::new(None, &[("DateStyle".into(), "iso".into())]);
+        p.adopt_reported(&map(&[("DateStyle", "ISO, MDY")]));
+        assert_eq!(p.get("DateStyle"), Some("ISO, MDY"));
+        p.on_parameter_status("TimeZone", "Europe/Paris");
+        p.on_parameter_status("server_version", "16");
+        assert_eq!(p.get("TimeZone"), Some("Europe/Paris"));
+        assert_eq!(p.get("server_version"), None);
+    }
+
+    #[test]
+    fn literals_are_quoted_safely() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+}
