@@ -37,6 +37,11 @@ struct Txn {
     /// Extended-protocol messages sent since the last Sync (asyncpg's Parse/Describe/Flush).
     unsynced: bool,
     copy_in: bool,
+    /// Syncs sent after the last Execute, before any CopyDone/CopyFail/Query. If that Execute
+    /// starts a COPY FROM STDIN, the server ignores them (it is in copy-in mode when they
+    /// arrive), so they owe no ReadyForQuery. tokio-postgres sends Bind/Execute/Sync this way.
+    syncs_after_execute: u32,
+    counting_syncs: bool,
     /// Last ReadyForQuery status.
     status: u8,
     /// A ReadyForQuery arrived since this server was attached.
@@ -46,15 +51,37 @@ struct Txn {
 impl Txn {
     fn on_client(&mut self, t: u8) {
         match t {
-            tag::QUERY | tag::FUNCTION_CALL => self.pending += 1,
+            tag::QUERY | tag::FUNCTION_CALL => {
+                self.pending += 1;
+                self.counting_syncs = false;
+            }
             tag::SYNC if !self.copy_in => {
                 self.pending += 1;
                 self.unsynced = false;
+                if self.counting_syncs {
+                    self.syncs_after_execute += 1;
+                }
             }
-            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE => self.unsynced = true,
-            tag::COPY_DONE | tag::COPY_FAIL => self.copy_in = false,
+            tag::EXECUTE => {
+                self.unsynced = true;
+                self.syncs_after_execute = 0;
+                self.counting_syncs = true;
+            }
+            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE => self.unsynced = true,
+            tag::COPY_DONE | tag::COPY_FAIL => {
+                self.copy_in = false;
+                self.counting_syncs = false;
+            }
             _ => {}
         }
+    }
+
+    /// The server entered COPY FROM STDIN mode.
+    fn on_copy_in(&mut self) {
+        self.copy_in = true;
+        self.pending = self.pending.saturating_sub(self.syncs_after_execute);
+        self.syncs_after_execute = 0;
+        self.counting_syncs = false;
     }
 
     fn idle(&self) -> bool {
@@ -532,7 +559,7 @@ fn forward_server(
                             *view.fatal = true;
                         }
                     }
-                    tag::COPY_IN_RESPONSE => txn.copy_in = true,
+                    tag::COPY_IN_RESPONSE => txn.on_copy_in(),
                     _ => {}
                 }
                 out.extend_from_slice(&rbuf[..h.total]);

@@ -1,0 +1,11 @@
+//! Integration tests: real PostgreSQL clusters and real clients (tokio-postgres, psql, pgbench)
+//! through a real proxy. Each test starts its own cluster, so tests run in parallel.
+
+mod harness;
+mod support;
+
+mod auth;
+mod cli;
+mod pooling;
+mod protocol;
+mod tls;

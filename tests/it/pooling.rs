@@ -1,0 +1,199 @@
+//! Pool modes, waiting, cancel, and what happens when clients or servers disappear.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::pg::{PgCluster, PgOptions};
+use crate::support::{connect, eventually, scalar, sqlstate, start_proxy, start_proxy_url, Severable};
+
+const TRUST: &str = "[proxy]\nauth = \"trust\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_shares_one_server() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 1\nmode = \"transaction\"\n")).await;
+    let a = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let b = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let pa = scalar(&a, "select pg_backend_pid()").await.unwrap();
+    let pb = scalar(&b, "select pg_backend_pid()").await.unwrap();
+    assert_eq!(pa, pb, "both clients multiplexed onto the single server connection");
+    // A transaction keeps its server: B waits until A commits.
+    a.simple_query("begin").await.unwrap();
+    a.simple_query("create temp table t_hold(x int)").await.unwrap();
+    let b_query = tokio::spawn(async move { scalar(&b, "select 42").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!b_query.is_finished(), "B must wait for A's transaction");
+    a.simple_query("rollback").await.unwrap();
+    assert_eq!(b_query.await.unwrap().unwrap(), "42");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_keeps_a_server_per_client() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 2\nmode = \"session\"\n")).await;
+    let a = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let b = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let pa1 = scalar(&a, "select pg_backend_pid()").await.unwrap();
+    let pb = scalar(&b, "select pg_backend_pid()").await.unwrap();
+    a.simple_query("set application_name = 'kept'").await.unwrap();
+    let pa2 = scalar(&a, "select pg_backend_pid()").await.unwrap();
+    assert_eq!(pa1, pa2);
+    assert_ne!(pa1, pb);
+    assert_eq!(scalar(&a, "show application_name").await.unwrap(), "kept");
+    // When A leaves, its server is reset (DISCARD ALL) before C gets it.
+    drop(a);
+    let c = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let pc = scalar(&c, "select pg_backend_pid()").await.unwrap();
+    assert_eq!(pc, pa1, "C reuses A's server");
+    assert_ne!(scalar(&c, "show application_name").await.unwrap(), "kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_timeout_gives_53300_and_the_client_stays_usable() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 1\nwait_timeout = \"300ms\"\n")).await;
+    let a = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let b = connect(proxy.local_addr(), "app", None, "postgres").await;
+    a.simple_query("begin").await.unwrap();
+    let started = Instant::now();
+    let err = b.simple_query("select 1").await.expect_err("no server within the wait");
+    assert_eq!(sqlstate(&err), "53300", "{err}");
+    assert!(crate::support::message(&err).contains("postgres/app"), "the message names the pool: {err}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // Extended protocol too: the refused request is consumed up to its Sync.
+    let err = b.query_typed("select $1::int", &[(&1i32, tokio_postgres::types::Type::INT4)]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "53300", "{err}");
+    a.simple_query("commit").await.unwrap();
+    assert_eq!(scalar(&b, "select 7").await.unwrap(), "7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_gone_mid_transaction_leaves_nothing_behind() {
+    let pg = PgCluster::start(PgOptions::default());
+    pg.psql("postgres", "postgres", "create table leftovers(x int); grant all on leftovers to public;");
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 1\n")).await;
+    let a = connect(proxy.local_addr(), "app", None, "postgres").await;
+    a.simple_query("begin").await.unwrap();
+    a.simple_query("insert into leftovers values (1)").await.unwrap();
+    drop(a);
+    let pg2 = &pg;
+    let clean = eventually(Duration::from_secs(5), || {
+        pg2.psql(
+            "postgres",
+            "postgres",
+            "select count(*) from pg_stat_activity where state like 'idle in transaction%'",
+        ) == "0"
+    })
+    .await;
+    assert!(clean, "a server connection stayed idle in transaction");
+    assert_eq!(pg.psql("postgres", "postgres", "select count(*) from leftovers"), "0");
+    // The (single) server connection was cleaned, not leaked: another client can use it.
+    let b = connect(proxy.local_addr(), "app", None, "postgres").await;
+    assert_eq!(scalar(&b, "select count(*) from leftovers").await.unwrap(), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_server_fails_only_its_client() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 3\n")).await;
+    let addr = proxy.local_addr();
+    let a = connect(addr, "app", None, "postgres").await;
+    let b = connect(addr, "app", None, "postgres").await;
+    b.simple_query("select 1").await.unwrap();
+    let sleeper = tokio::spawn(async move { a.simple_query("select pg_sleep(30)").await.map(|_| ()) });
+    let pg2 = &pg;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            pg2.psql(
+                "postgres",
+                "postgres",
+                "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)'",
+            ) == "1"
+        })
+        .await
+    );
+    pg.psql(
+        "postgres",
+        "postgres",
+        "select pg_terminate_backend(pid) from pg_stat_activity where query = 'select pg_sleep(30)'",
+    );
+    let err = tokio::time::timeout(Duration::from_secs(5), sleeper).await.unwrap().unwrap().unwrap_err();
+    let code = sqlstate(&err);
+    assert!(code == "57P01" || code.starts_with("08") || err.is_closed(), "{err}");
+    assert_eq!(scalar(&b, "select 'still here'").await.unwrap(), "still here");
+    let c = connect(addr, "app", None, "postgres").await;
+    assert_eq!(scalar(&c, "select 2").await.unwrap(), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn severed_server_connection_gives_class_08() {
+    let pg = PgCluster::start(PgOptions::default());
+    let relay = Severable::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await;
+    let proxy = start_proxy_url(&format!("postgres://{}", relay.addr), &format!("{TRUST}[pool]\nsize = 2\n")).await;
+    let a = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let sleeper = tokio::spawn(async move { a.simple_query("select pg_sleep(30)").await.map(|_| ()) });
+    let pg2 = &pg;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            pg2.psql(
+                "postgres",
+                "postgres",
+                "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)'",
+            ) == "1"
+        })
+        .await
+    );
+    relay.sever();
+    let err = tokio::time::timeout(Duration::from_secs(5), sleeper).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(sqlstate(&err), "08006", "{err}");
+    // New clients get fresh server connections; the dead ones are never handed out.
+    let b = connect(proxy.local_addr(), "app", None, "postgres").await;
+    assert_eq!(scalar(&b, "select 'fresh'").await.unwrap(), "fresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_the_running_query() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, TRUST).await;
+    let a = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let token = a.cancel_token();
+    let sleeper = tokio::spawn(async move {
+        let t = Instant::now();
+        (a.simple_query("select pg_sleep(8)").await.map(|_| ()), t)
+    });
+    let pg2 = &pg;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            pg2.psql("postgres", "postgres", "select count(*) from pg_stat_activity where query = 'select pg_sleep(8)'")
+                == "1"
+        })
+        .await
+    );
+    let sent = Instant::now();
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (res, _) = sleeper.await.unwrap();
+    let err = res.unwrap_err();
+    assert_eq!(sqlstate(&err), "57014", "{err}");
+    assert!(sent.elapsed() < Duration::from_secs(1), "cancel took {:?}", sent.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_a_client_waiting_for_a_server() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 1\nwait_timeout = \"20s\"\n")).await;
+    let a = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let b = connect(proxy.local_addr(), "app", None, "postgres").await;
+    a.simple_query("begin").await.unwrap();
+    let token = b.cancel_token();
+    let waiter = tokio::spawn(async move {
+        let r = b.simple_query("select 1").await.map(|_| ());
+        (r, b)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = Instant::now();
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (res, b) = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+    assert_eq!(sqlstate(&res.unwrap_err()), "57014");
+    assert!(sent.elapsed() < Duration::from_secs(2));
+    a.simple_query("commit").await.unwrap();
+    assert_eq!(scalar(&b, "select 3").await.unwrap(), "3");
+}

@@ -1,0 +1,163 @@
+//! Protocol pass-through: extended protocol, pipelining, COPY, large rows, bad input.
+
+use std::io::{Read, Write};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use tokio_postgres::types::Type;
+
+use crate::harness::pg::{try_psql, PgCluster, PgOptions};
+use crate::support::{connect, scalar, start_proxy};
+
+const TRUST: &str = "[proxy]\nauth = \"trust\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_unnamed_statements_across_clients() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 1\n")).await;
+    let mut tasks = Vec::new();
+    for c in 0..4i32 {
+        let addr = proxy.local_addr();
+        tasks.push(tokio::spawn(async move {
+            let client = connect(addr, "app", None, "postgres").await;
+            for i in 0..50i32 {
+                let rows = client
+                    .query_typed("select $1::int4 * 1000 + $2::int4", &[(&c, Type::INT4), (&i, Type::INT4)])
+                    .await
+                    .unwrap();
+                assert_eq!(rows[0].get::<_, i32>(0), c * 1000 + i);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_on_one_client() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 2\n")).await;
+    let client = connect(proxy.local_addr(), "app", None, "postgres").await;
+    // tokio-postgres pipelines concurrent requests on one connection: many Syncs in flight.
+    let futs = (0..200i32).map(|i| {
+        let client = &client;
+        async move { client.query_typed("select $1::int4", &[(&i, Type::INT4)]).await.unwrap()[0].get::<_, i32>(0) }
+    });
+    let got: Vec<i32> = futures_util::future::join_all(futs).await;
+    assert_eq!(got, (0..200).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_in_and_out() {
+    let pg = PgCluster::start(PgOptions::default());
+    pg.psql("app", "app_db", "create table items(id int, name text)");
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 1\n")).await;
+    let client = connect(proxy.local_addr(), "app", None, "app_db").await;
+    let sink = client.copy_in("copy items from stdin").await.unwrap();
+    futures_util::pin_mut!(sink);
+    let mut data = String::new();
+    for i in 0..10_000 {
+        data.push_str(&format!("{i}\tname {i}\n"));
+    }
+    for chunk in data.as_bytes().chunks(7_000) {
+        sink.send(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap(), 10_000);
+    let out: Vec<Bytes> = client.copy_out("copy items to stdout").await.unwrap().try_collect().await.unwrap();
+    let text: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+    assert_eq!(String::from_utf8(text).unwrap(), data);
+    // COPY through psql (simple protocol) too.
+    let port = proxy.local_addr().port();
+    let n = tokio::task::spawn_blocking(move || {
+        try_psql(
+            &format!("host=127.0.0.1 port={port} user=app dbname=app_db"),
+            "\\copy (select * from items where id < 100) to '/dev/null'\nselect count(*) from items",
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(n.ends_with("10000"), "{n}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_rows_and_results_stream_through() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, TRUST).await;
+    let client = connect(proxy.local_addr(), "app", None, "postgres").await;
+    // One 20 MB DataRow: larger than the proxy ever holds whole.
+    let len = scalar(&client, "select length(repeat('x', 20000000))").await.unwrap();
+    assert_eq!(len, "20000000");
+    let big = client.simple_query("select repeat('y', 20000000)").await.unwrap();
+    let row = big.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().len()),
+        _ => None,
+    });
+    assert_eq!(row, Some(20_000_000));
+    // Many rows.
+    let stream = client.query_raw("select generate_series(1, 200000)", std::iter::empty::<i32>()).await;
+    // query_raw prepares a named statement; with one client and one server that is fine here.
+    let n = stream.unwrap().count().await;
+    assert_eq!(n, 200_000);
+}
+
+fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_startup_packets_get_errors() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, TRUST).await;
+    let addr = proxy.local_addr();
+    let answers = tokio::task::spawn_blocking(move || {
+        vec![
+            // length field smaller than the header
+            raw_exchange(addr, &[0, 0, 0, 3, 0, 0, 0, 0]),
+            // protocol 2.0
+            raw_exchange(addr, &[0, 0, 0, 9, 0, 2, 0, 0, 0]),
+            // parameters without the final terminator
+            raw_exchange(addr, &[0, 0, 0, 14, 0, 3, 0, 0, b'u', b's', b'e', b'r', 0, b'x']),
+            // absurd length
+            raw_exchange(addr, &[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]),
+        ]
+    })
+    .await
+    .unwrap();
+    let codes = ["08P01", "0A000", "08P01", "08P01"];
+    for (a, code) in answers.iter().zip(codes) {
+        assert_eq!(a.first(), Some(&b'E'), "{a:?}");
+        assert!(String::from_utf8_lossy(a).contains(code), "{code}: {}", String::from_utf8_lossy(a));
+    }
+    // The proxy keeps serving.
+    let c = connect(addr, "app", None, "postgres").await;
+    assert_eq!(scalar(&c, "select 'ok'").await.unwrap(), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_message_after_login_gets_08p01() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, TRUST).await;
+    let addr = proxy.local_addr();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut startup = Vec::new();
+        let body = b"\0\x03\0\0user\0app\0database\0postgres\0\0";
+        startup.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        startup.extend_from_slice(body);
+        // A Query whose length field says 2 (less than its own 4 bytes).
+        startup.extend_from_slice(&[b'Q', 0, 0, 0, 2]);
+        raw_exchange(addr, &startup)
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("08P01"), "{text}");
+    let c = connect(addr, "app", None, "postgres").await;
+    assert_eq!(scalar(&c, "select 'still serving'").await.unwrap(), "still serving");
+}

@@ -1,0 +1,129 @@
+//! Test helpers above the harness: start an in-process proxy in front of a test cluster,
+//! connect through it, and a TCP relay that can sever server connections on demand.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgweir::app::Proxy;
+use pgweir::config::{self, Overrides};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::harness::pg::PgCluster;
+
+/// Starts a proxy on a free port with `toml` as its config file and `upstream` as `--upstream`.
+pub async fn start_proxy_url(upstream: &str, toml: &str) -> Proxy {
+    let overrides =
+        Overrides { listen: vec!["127.0.0.1:0".into()], upstream: Some(upstream.to_string()), ..Overrides::default() };
+    let cfg = config::from_str(toml, "test.toml", &overrides).expect("valid test config");
+    Proxy::start(cfg).await.expect("proxy starts")
+}
+
+/// A proxy in front of `pg`, connecting to it as the client's own user.
+pub async fn start_proxy(pg: &PgCluster, toml: &str) -> Proxy {
+    start_proxy_url(&format!("postgres://{}:{}", pg.host(), pg.port()), toml).await
+}
+
+pub fn client_config(addr: SocketAddr, user: &str, password: Option<&str>, db: &str) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.host(addr.ip().to_string()).port(addr.port()).user(user).dbname(db);
+    c.connect_timeout(Duration::from_secs(10));
+    if let Some(p) = password {
+        c.password(p);
+    }
+    c
+}
+
+/// Connects through the proxy; the connection task is spawned.
+pub async fn try_connect(
+    addr: SocketAddr,
+    user: &str,
+    password: Option<&str>,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = client_config(addr, user, password, db).connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+pub async fn connect(addr: SocketAddr, user: &str, password: Option<&str>, db: &str) -> tokio_postgres::Client {
+    try_connect(addr, user, password, db).await.expect("connect through the proxy")
+}
+
+/// The SQLSTATE of an error, or "" when it has none.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP relay in front of a server whose connections can all be cut at once.
+pub struct Severable {
+    pub addr: SocketAddr,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Severable {
+    pub async fn start(upstream: SocketAddr) -> Severable {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let c2 = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let h = tokio::spawn(async move {
+                    if let Ok(mut out) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                c2.lock().unwrap().push(h);
+            }
+        });
+        Severable { addr, conns, accept }
+    }
+
+    /// Cuts every connection made so far (both ends see the socket close).
+    pub fn sever(&self) {
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for Severable {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.sever();
+    }
+}
+
+/// Runs one statement with the simple protocol and returns the first column of the first row.
+pub async fn scalar(client: &tokio_postgres::Client, sql: &str) -> Result<String, tokio_postgres::Error> {
+    for m in client.simple_query(sql).await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            return Ok(r.get(0).unwrap_or("").to_string());
+        }
+    }
+    Ok(String::new())
+}
+
+/// The server's (or proxy's) message text of an error, or its Display when it has none.
+pub fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+}
