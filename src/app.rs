@@ -60,6 +60,7 @@ impl Proxy {
             tls: client_tls,
             server_tls,
             next_server_id: Arc::new(AtomicU64::new(1)),
+            welcomes: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();

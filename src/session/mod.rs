@@ -9,6 +9,7 @@ pub mod cancel;
 mod handshake;
 pub mod params;
 mod relay;
+pub mod welcome;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ pub struct Context {
     /// Prebuilt TLS connectors per cluster name (None: plain TCP).
     pub server_tls: HashMap<String, Option<tokio_rustls::TlsConnector>>,
     pub next_server_id: Arc<AtomicU64>,
+    pub welcomes: welcome::WelcomeCache,
 }
 
 /// The client's socket with its read buffer and pending output.

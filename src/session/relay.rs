@@ -14,6 +14,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::cancel::CancelGuard;
 use super::params::ClientParams;
+use super::welcome::{Welcome, WelcomeKey};
 use super::{ClientConn, Context, Login};
 use crate::config::PoolMode;
 use crate::pool::{discard, Pooled};
@@ -125,6 +126,16 @@ pub(super) struct Session<'a> {
     server_fatal: bool,
 }
 
+/// SQLSTATEs a server may report for a bad startup setting, as static codes.
+fn startup_setting_code(code: Option<&str>) -> &'static str {
+    match code {
+        Some("22023") => "22023",
+        Some("42704") => "42704",
+        Some("22P02") => "22P02",
+        _ => "08P01",
+    }
+}
+
 fn protocol(e: impl std::fmt::Display) -> PgError {
     PgError::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string())
 }
@@ -208,8 +219,46 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Finishes the startup: a server for the client's settings and the parameter report.
+    /// Finishes the startup: the parameter report the client expects, then BackendKeyData and
+    /// ReadyForQuery. In transaction mode a login whose settings were seen before is answered
+    /// from the welcome cache without a server, so logins never queue behind busy pools.
     async fn start(&mut self) -> Result<(), ClientFacing> {
+        let key = WelcomeKey::new(&self.login);
+        let cached = match self.login.mode {
+            PoolMode::Transaction => self.ctx.welcomes.get(&key),
+            PoolMode::Session => None,
+        };
+        let report = match cached {
+            Some(w) => {
+                self.params = w.client;
+                w.report
+            }
+            None => {
+                let server = self.first_server().await?;
+                let mut report: Vec<(String, String)> =
+                    server.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                report.sort();
+                if self.login.mode == PoolMode::Session {
+                    self.cancel.slot.attach(server.cancel_key.clone());
+                    self.attach(server);
+                } else {
+                    self.ctx.welcomes.put(key, Welcome { report: report.clone(), client: self.params.clone() });
+                }
+                report
+            }
+        };
+        for (k, v) in &report {
+            put_parameter_status(&mut self.client.wbuf, k, v);
+        }
+        put_backend_key_data(&mut self.client.wbuf, self.cancel.pid, self.cancel.secret);
+        put_ready_for_query(&mut self.client.wbuf, b'I');
+        tracing::debug!(peer = %self.client.peer, user = %self.login.user, db = %self.login.database, "client logged in");
+        self.client.flush().await.map_err(|_| ClientFacing::Error(protocol("client went away")))?;
+        Ok(())
+    }
+
+    /// A server with the client's startup settings applied (which checks them).
+    async fn first_server(&mut self) -> Result<Pooled, ClientFacing> {
         let pool = self.login.pool.clone();
         let mut server = pool.checkout().await.map_err(|e| match e {
             crate::pool::CheckoutError::Server(s) => s.client_error(),
@@ -228,7 +277,7 @@ impl<'a> Session<'a> {
                     let _ = server.run_control("RESET ALL").await;
                     server.applied.clear();
                     return Err(ClientFacing::Error(PgError::fatal(
-                        SqlState::PROTOCOL_VIOLATION,
+                        SqlState(startup_setting_code(err.code.as_deref())),
                         err.message.unwrap_or_else(|| "invalid startup parameter".into()),
                     )));
                 }
@@ -239,20 +288,7 @@ impl<'a> Session<'a> {
             }
         }
         self.params.adopt_reported(&server.params);
-        let mut names: Vec<_> = server.params.iter().collect();
-        names.sort();
-        for (k, v) in names {
-            put_parameter_status(&mut self.client.wbuf, k, v);
-        }
-        put_backend_key_data(&mut self.client.wbuf, self.cancel.pid, self.cancel.secret);
-        put_ready_for_query(&mut self.client.wbuf, b'I');
-        tracing::debug!(peer = %self.client.peer, user = %self.login.user, db = %self.login.database, "client logged in");
-        if self.login.mode == PoolMode::Session {
-            self.cancel.slot.attach(server.cancel_key.clone());
-            self.attach(server);
-        }
-        self.client.flush().await.map_err(|_| ClientFacing::Error(protocol("client went away")))?;
-        Ok(())
+        Ok(server)
     }
 
     fn attach(&mut self, server: Pooled) {
@@ -570,5 +606,91 @@ fn forward_server(
                 rbuf.advance(n);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rfq(t: &mut Txn, status: u8) {
+        t.status = status;
+        t.pending = t.pending.saturating_sub(1);
+        t.rfq_seen = true;
+    }
+
+    #[test]
+    fn simple_query_round_trip_ends_idle() {
+        let mut t = Txn { status: b'I', ..Txn::default() };
+        assert!(!t.idle(), "nothing happened yet");
+        t.on_client(tag::QUERY);
+        assert!(!t.idle());
+        rfq(&mut t, b'I');
+        assert!(t.idle());
+    }
+
+    #[test]
+    fn open_transaction_is_not_idle() {
+        let mut t = Txn::default();
+        t.on_client(tag::QUERY);
+        rfq(&mut t, b'T');
+        assert!(!t.idle());
+    }
+
+    #[test]
+    fn pipelined_syncs_wait_for_every_ready_for_query() {
+        let mut t = Txn::default();
+        for _ in 0..3 {
+            for m in [tag::BIND, tag::EXECUTE, tag::SYNC] {
+                t.on_client(m);
+            }
+        }
+        rfq(&mut t, b'I');
+        rfq(&mut t, b'I');
+        assert!(!t.idle());
+        rfq(&mut t, b'I');
+        assert!(t.idle());
+    }
+
+    #[test]
+    fn flush_without_sync_holds_the_server() {
+        let mut t = Txn::default();
+        t.on_client(tag::QUERY);
+        rfq(&mut t, b'I');
+        for m in [tag::PARSE, tag::DESCRIBE, tag::FLUSH] {
+            t.on_client(m);
+        }
+        assert!(!t.idle(), "asyncpg will Bind/Execute later on the same server");
+        t.on_client(tag::SYNC);
+        rfq(&mut t, b'I');
+        assert!(t.idle());
+    }
+
+    #[test]
+    fn sync_after_copy_execute_owes_nothing() {
+        // tokio-postgres: Bind, Execute, Sync, then CopyData..., CopyDone, Sync.
+        let mut t = Txn::default();
+        for m in [tag::BIND, tag::EXECUTE, tag::SYNC] {
+            t.on_client(m);
+        }
+        t.on_copy_in();
+        for m in [tag::COPY_DATA, tag::SYNC, tag::COPY_DONE, tag::SYNC] {
+            t.on_client(m);
+        }
+        assert_eq!(t.pending, 1);
+        rfq(&mut t, b'I');
+        assert!(t.idle());
+    }
+
+    #[test]
+    fn simple_copy_counts_its_query_once() {
+        let mut t = Txn::default();
+        t.on_client(tag::QUERY);
+        t.on_copy_in();
+        t.on_client(tag::COPY_DATA);
+        t.on_client(tag::COPY_DONE);
+        assert_eq!(t.pending, 1);
+        rfq(&mut t, b'I');
+        assert!(t.idle());
     }
 }

@@ -4,7 +4,7 @@ use crate::harness::pg::{PgCluster, PgOptions};
 use crate::support::{message, scalar, sqlstate, start_proxy, try_connect};
 
 async fn expect_28p01(addr: std::net::SocketAddr, user: &str, password: &str) {
-    let err = try_connect(addr, user, Some(password), "postgres").await.err().expect("login must fail");
+    let err = try_connect(addr, user, Some(password), "postgres").await.expect_err("login must fail");
     assert_eq!(sqlstate(&err), "28P01", "{err}");
     assert!(
         message(&err).contains(&format!("password authentication failed for user \"{user}\"")),

@@ -56,8 +56,8 @@ fn check_reports_key_and_line() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:3") && err.contains("pool.mode"), "{err}");
-    for example in ["sidecar.toml", "fleet.toml", "split.toml"] {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(example);
+    for example in ["config/sidecar.toml", "config/fleet.toml", "config/split.toml", "docker/pgweir.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(example);
         let out = Command::new(env!("CARGO_BIN_EXE_pgweir"))
             .args(["check", "-c"])
             .arg(&path)

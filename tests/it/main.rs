@@ -2,6 +2,7 @@
 //! through a real proxy. Each test starts its own cluster, so tests run in parallel.
 
 mod harness;
+mod raw;
 mod support;
 
 mod auth;

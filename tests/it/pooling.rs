@@ -197,3 +197,17 @@ async fn cancel_reaches_a_client_waiting_for_a_server() {
     a.simple_query("commit").await.unwrap();
     assert_eq!(scalar(&b, "select 3").await.unwrap(), "3");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_idle_connections_are_replaced_not_handed_out() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 2\n")).await;
+    let a = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let first = scalar(&a, "select pg_backend_pid()").await.unwrap();
+    // Kill the now idle pooled server connection behind the proxy's back.
+    pg.psql("postgres", "postgres", &format!("select pg_terminate_backend({first}, 5000)"));
+    for _ in 0..3 {
+        let pid = scalar(&a, "select pg_backend_pid()").await.expect("a fresh server, no error");
+        assert_ne!(pid, first);
+    }
+}

@@ -161,3 +161,135 @@ async fn malformed_message_after_login_gets_08p01() {
     let c = connect(addr, "app", None, "postgres").await;
     assert_eq!(scalar(&c, "select 'still serving'").await.unwrap(), "still serving");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_without_sync_keeps_the_server() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 1\n")).await;
+    let addr = proxy.local_addr();
+    let b = connect(addr, "app", None, "postgres").await;
+    let mut a = tokio::task::spawn_blocking(move || {
+        let mut a = crate::raw::RawClient::login(addr, "app", "postgres");
+        // asyncpg's pattern: Parse + Describe + Flush, answers read, Bind/Execute/Sync later.
+        a.parse("", "select 41 + 1");
+        a.describe_statement("");
+        a.send(b'H', b"");
+        assert_eq!(a.until(b'T'), vec![b'1', b't', b'T']);
+        a
+    })
+    .await
+    .unwrap();
+    // Another client must not get the server in between: a simple query would destroy the
+    // unnamed statement that A is about to bind.
+    let b_query = tokio::spawn(async move { scalar(&b, "select 'b ran'").await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!b_query.is_finished(), "the server was handed to B across A's Flush");
+    let tags = tokio::task::spawn_blocking(move || {
+        a.bind("", "");
+        a.execute("");
+        a.send(b'S', b"");
+        a.until(b'Z')
+    })
+    .await
+    .unwrap();
+    assert_eq!(tags, vec![b'2', b'D', b'C', b'Z']);
+    assert_eq!(b_query.await.unwrap().unwrap(), "b ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_and_notifications_pass_through() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nmode = \"session\"\n")).await;
+    let addr = proxy.local_addr();
+    let mut a = tokio::task::spawn_blocking(move || {
+        let mut a = crate::raw::RawClient::login(addr, "app", "postgres");
+        a.query("do $$ begin raise notice 'hello %', 42; end $$");
+        let (t, body) = a.read();
+        assert_eq!(t, b'N');
+        assert!(String::from_utf8_lossy(&body).contains("hello 42"));
+        a.until(b'Z');
+        a.query("listen pgweir_chan");
+        a.until(b'Z');
+        a
+    })
+    .await
+    .unwrap();
+    let b = connect(addr, "app", None, "postgres").await;
+    b.simple_query("notify pgweir_chan, 'payload-1'").await.unwrap();
+    let body = tokio::task::spawn_blocking(move || {
+        let (t, body) = a.read();
+        assert_eq!(t, b'A', "an asynchronous NotificationResponse");
+        body
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("pgweir_chan") && text.contains("payload-1"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_is_dropped_after_the_startup_timeout() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}startup_timeout = \"300ms\"\n")).await;
+    let addr = proxy.local_addr();
+    let elapsed = tokio::task::spawn_blocking(move || {
+        let start = std::time::Instant::now();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        start.elapsed()
+    })
+    .await
+    .unwrap();
+    assert!(elapsed < std::time::Duration::from_secs(3), "closed after {elapsed:?}");
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_stalls_its_server_not_the_proxy() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, TRUST).await;
+    let addr = proxy.local_addr();
+    let before = rss_bytes();
+    // About 3 GB of result that the client never reads.
+    let sql = "select repeat('x', 1000) from generate_series(1, 3000000)";
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut a = crate::raw::RawClient::login(addr, "app", "postgres");
+        a.query(sql);
+        a
+    })
+    .await
+    .unwrap();
+    let pg2 = &pg;
+    let blocked = crate::support::eventually(std::time::Duration::from_secs(20), || {
+        pg2.psql(
+            "postgres",
+            "postgres",
+            "select count(*) from pg_stat_activity where query like 'select repeat(%' and wait_event = 'ClientWrite'",
+        ) == "1"
+    })
+    .await;
+    assert!(blocked, "the server should be blocked writing to the proxy");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(grown < 64 << 20, "proxy memory grew by {grown} bytes");
+    // The client leaves mid-result: its server connection is closed, not returned dirty.
+    drop(reader);
+    let gone = crate::support::eventually(std::time::Duration::from_secs(10), || {
+        pg2.psql("postgres", "postgres", "select count(*) from pg_stat_activity where query like 'select repeat(%'")
+            == "0"
+    })
+    .await;
+    assert!(gone, "the abandoned query's server connection must not survive");
+}

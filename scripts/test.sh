@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# PgWeir's test command (the README's, and what CI runs): installs what the tests need when it
+# is missing (PostgreSQL server and client, Redis), then checks formatting and lints and runs
+# every test. The tests start their own PostgreSQL clusters and Redis on free ports; they never
+# touch the machine's own services.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "need root to install: $*" >&2; exit 1; fi
+}
+
+have_pg_server() {
+    [ -n "${PGWEIR_PG_BIN:-}" ] && [ -x "$PGWEIR_PG_BIN/initdb" ] && return 0
+    command -v pg_config >/dev/null && [ -x "$(pg_config --bindir)/initdb" ] && return 0
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+
+missing=()
+have_pg_server || missing+=(postgresql)
+command -v psql >/dev/null || missing+=(postgresql-client)
+command -v redis-server >/dev/null || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked --no-fail-fast
+else
+    cargo test --locked --no-fail-fast
+fi
