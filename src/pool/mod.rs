@@ -142,18 +142,37 @@ impl ServerPool {
         }
     }
 
-    /// Closes connections idle past `idle_timeout` and opens connections up to `min_idle`.
+    /// Closes connections past their lifetime, and those idle past `idle_timeout` as long as
+    /// `min_idle` stay open; then opens connections up to `min_idle`.
     pub async fn maintain(&self) {
         let idle = self.idle_timeout;
         let lifetime = self.pool.manager().lifetime;
-        self.pool.retain(|_, m| m.last_used() < idle && m.age() < lifetime);
+        let mut may_close = self.pool.status().available.saturating_sub(self.min_idle);
+        self.pool.retain(|_, m| {
+            if m.age() >= lifetime {
+                return false;
+            }
+            if m.last_used() >= idle && may_close > 0 {
+                may_close -= 1;
+                return false;
+            }
+            true
+        });
         let status = self.pool.status();
-        let missing = self.min_idle.saturating_sub(status.available).min(status.max_size - status.size);
-        let mut held = Vec::new();
-        for _ in 0..missing {
+        if status.available >= self.min_idle {
+            return;
+        }
+        // Checking out hands back idle connections first, so hold `min_idle` of them at once:
+        // the idle ones plus as many new ones as are missing.
+        let hold = self.min_idle.min(status.available + status.max_size.saturating_sub(status.size));
+        let mut opened = Vec::with_capacity(hold);
+        for _ in 0..hold {
             match self.pool.timeout_get(&Timeouts { wait: Some(Duration::ZERO), create: None, recycle: None }).await {
-                Ok(c) => held.push(c),
-                Err(_) => break,
+                Ok(c) => opened.push(c),
+                Err(e) => {
+                    tracing::warn!(pool = %self.name, error = %e, "could not open a connection for min_idle");
+                    break;
+                }
             }
         }
     }

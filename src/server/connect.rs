@@ -103,7 +103,9 @@ async fn connect_inner(target: &Target, addr: &str) -> Result<ServerConn, Server
         id: target.next_id.fetch_add(1, Ordering::Relaxed),
     };
     let mut out = BytesMut::new();
-    encode_startup(&[("user", &target.user), ("database", &target.dbname), ("application_name", "pgweir")], &mut out);
+    // No application_name: the pool's defaults must be what a client that sets none would see
+    // connecting directly; each client's own name is applied on checkout.
+    encode_startup(&[("user", &target.user), ("database", &target.dbname)], &mut out);
     conn.stream.write_all(&out).await?;
     conn.stream.flush().await?;
     let creds = target.credentials.lock().map(|c| c.clone()).unwrap_or_default();

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::net::Stream;
 use crate::wire::backend::{parse_parameter_status, put_query, ErrorFields};
@@ -102,6 +102,19 @@ pub struct ServerConn {
     pub broken: bool,
     pub created: Instant,
     pub id: u64,
+}
+
+impl Drop for ServerConn {
+    /// Says goodbye (Terminate) if the socket takes it without waiting, so the server logs a
+    /// clean disconnect rather than a lost connection.
+    fn drop(&mut self) {
+        if self.broken {
+            return;
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let _ = std::pin::Pin::new(&mut self.stream).poll_write(&mut cx, &[tag::TERMINATE, 0, 0, 0, 4]);
+        let _ = std::pin::Pin::new(&mut self.stream).poll_flush(&mut cx);
+    }
 }
 
 impl ServerConn {

@@ -76,7 +76,10 @@ impl ClientParams {
         server_params: &HashMap<String, String>,
         applied: &HashMap<String, String>,
     ) -> Option<(String, HashMap<String, String>)> {
-        let mut sql = String::new();
+        // set_config() takes the value as a configuration string, exactly as the startup packet
+        // or postgresql.conf would (so "a,b" stays a two-element search_path), which SET with a
+        // quoted literal would not.
+        let mut sets = Vec::new();
         let mut next = HashMap::new();
         for (k, v) in &self.want {
             let current = match reported_name(k) {
@@ -87,13 +90,17 @@ impl ClientParams {
                 }
             };
             if current != Some(v) {
-                sql.push_str(&format!("SET {} TO {};", quote_ident(k), quote_literal(v)));
+                sets.push(format!("pg_catalog.set_config({}, {}, false)", quote_literal(k), quote_literal(v)));
             }
         }
-        for k in applied.keys() {
-            if !next.contains_key(k) {
-                sql.push_str(&format!("RESET {};", quote_ident(k)));
-            }
+        let mut sql = String::new();
+        if !sets.is_empty() {
+            sql = format!("SELECT {};", sets.join(", "));
+        }
+        let mut resets: Vec<&String> = applied.keys().filter(|k| !next.contains_key(*k)).collect();
+        resets.sort();
+        for k in resets {
+            sql.push_str(&format!("RESET {};", quote_ident(k)));
         }
         (!sql.is_empty()).then_some((sql, next))
     }
@@ -138,11 +145,14 @@ mod tests {
             ClientParams::new(None, &[("application_name".into(), "a'b".into()), ("search_path".into(), "s1".into())]);
         let server = map(&[("application_name", "a'b")]);
         let (sql, next) = p.sync_sql(&server, &map(&[("extra_float_digits", "3")])).unwrap();
-        assert_eq!(sql, "SET \"search_path\" TO 's1';RESET \"extra_float_digits\";");
+        assert_eq!(sql, "SELECT pg_catalog.set_config('search_path', 's1', false);RESET \"extra_float_digits\";");
         assert_eq!(next, map(&[("search_path", "s1")]));
         assert_eq!(p.sync_sql(&server, &next), None);
         let other = map(&[("application_name", "x")]);
-        assert_eq!(p.sync_sql(&other, &next).unwrap().0, "SET \"application_name\" TO 'a''b';");
+        assert_eq!(
+            p.sync_sql(&other, &next).unwrap().0,
+            "SELECT pg_catalog.set_config('application_name', 'a''b', false);"
+        );
     }
 
     #[test]

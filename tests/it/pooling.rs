@@ -211,3 +211,68 @@ async fn dead_idle_connections_are_replaced_not_handed_out() {
         assert_ne!(pid, first);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_clients_get_53300() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nmax_client_connections = 2\n")).await;
+    let _a = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let _b = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let err = crate::support::try_connect(proxy.local_addr(), "app", None, "postgres").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "53300", "{err}");
+    drop(_a);
+    let ok = eventually(Duration::from_secs(5), || true).await;
+    assert!(ok);
+    let mut connected = false;
+    for _ in 0..50 {
+        if crate::support::try_connect(proxy.local_addr(), "app", None, "postgres").await.is_ok() {
+            connected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(connected, "a slot frees up when a client leaves");
+}
+
+fn proxy_backends(pg: &PgCluster) -> usize {
+    pg.psql(
+        "postgres",
+        "postgres",
+        "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()",
+    )
+    .parse()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_idle_and_idle_timeout_shape_the_pool() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 6\nmin_idle = 3\nidle_timeout = \"1s\"\n")).await;
+    let a = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let pg2 = &pg;
+    assert!(eventually(Duration::from_secs(5), || proxy_backends(pg2) == 3).await, "min_idle opens 3");
+    // A burst opens more; after idle_timeout they close again down to min_idle.
+    let mut holders = Vec::new();
+    for _ in 0..5 {
+        let c = connect(proxy.local_addr(), "app", None, "postgres").await;
+        c.simple_query("begin").await.unwrap();
+        holders.push(c);
+    }
+    assert_eq!(proxy_backends(&pg), 5);
+    for c in &holders {
+        c.simple_query("commit").await.unwrap();
+    }
+    assert!(eventually(Duration::from_secs(8), || proxy_backends(pg2) == 3).await, "idle ones close to min_idle");
+    assert_eq!(scalar(&a, "select 1").await.unwrap(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_replaced_after_their_lifetime() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 1\nlifetime = \"1s\"\n")).await;
+    let a = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let first = scalar(&a, "select pg_backend_pid()").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = scalar(&a, "select pg_backend_pid()").await.unwrap();
+    assert_ne!(first, second);
+}

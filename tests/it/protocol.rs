@@ -293,3 +293,90 @@ async fn a_client_that_stops_reading_stalls_its_server_not_the_proxy() {
     .await;
     assert!(gone, "the abandoned query's server connection must not survive");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gssenc_declined_and_cancel_after_ssl_request() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, TRUST).await;
+    let addr = proxy.local_addr();
+    let key = tokio::task::spawn_blocking(move || {
+        // GSSENCRequest is answered 'N' and the same connection goes on to log in.
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).unwrap();
+        let mut n = [0u8; 1];
+        s.read_exact(&mut n).unwrap();
+        assert_eq!(&n, b"N");
+        let a = crate::raw::RawClient::login(addr, "app", "postgres");
+        a.key
+    })
+    .await
+    .unwrap();
+    assert!(key.0 > 0, "the pid handed out is positive");
+    let mut a = crate::raw::RawClient::login(addr, "app", "postgres");
+    let (pid, secret) = a.key;
+    a.query("select pg_sleep(8)");
+    let pg2 = &pg;
+    assert!(
+        crate::support::eventually(std::time::Duration::from_secs(5), || {
+            pg2.psql("postgres", "postgres", "select count(*) from pg_stat_activity where query = 'select pg_sleep(8)'")
+                == "1"
+        })
+        .await
+    );
+    tokio::task::spawn_blocking(move || {
+        // libpq 17 style: SSLRequest first (answered 'N' here: no TLS configured), then the
+        // CancelRequest on the same connection.
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).unwrap();
+        let mut n = [0u8; 1];
+        s.read_exact(&mut n).unwrap();
+        assert_eq!(&n, b"N");
+        let mut cancel = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+        cancel.extend_from_slice(&pid.to_be_bytes());
+        cancel.extend_from_slice(&secret);
+        s.write_all(&cancel).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        // RowDescription comes first; then the cancel's error.
+        loop {
+            let (t, body) = a.read();
+            if t == b'E' {
+                assert!(String::from_utf8_lossy(&body).contains("57014"));
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_options_and_application_name_reach_the_server() {
+    let pg = PgCluster::start(PgOptions::default());
+    pg.psql("postgres", "postgres", "create schema other_schema");
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 1\n")).await;
+    let mut cfg = crate::support::client_config(proxy.local_addr(), "app", None, "postgres");
+    cfg.options("-c search_path=other_schema,public").application_name("opts-test");
+    let (a, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    // Another client with other settings shares the single server in between.
+    let b = connect(proxy.local_addr(), "app", None, "postgres").await;
+    for _ in 0..3 {
+        assert_eq!(scalar(&a, "show search_path").await.unwrap(), "other_schema,public", "as PostgreSQL shows it");
+        assert_eq!(scalar(&a, "show application_name").await.unwrap(), "opts-test");
+        assert_eq!(scalar(&b, "show search_path").await.unwrap(), "\"$user\", public");
+        assert_eq!(scalar(&b, "show application_name").await.unwrap(), "");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_gets_08p01() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}max_message_size = 1000\n")).await;
+    let c = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let long = format!("select '{}'", "x".repeat(2000));
+    let err = c.simple_query(&long).await.unwrap_err();
+    assert_eq!(crate::support::sqlstate(&err), "08P01", "{err}");
+    let d = connect(proxy.local_addr(), "app", None, "postgres").await;
+    assert_eq!(scalar(&d, "select 'fine'").await.unwrap(), "fine");
+}

@@ -8,6 +8,8 @@ use std::time::Duration;
 pub struct RawClient {
     pub s: TcpStream,
     buf: Vec<u8>,
+    /// BackendKeyData the proxy gave this client: (pid, secret).
+    pub key: (i32, [u8; 4]),
 }
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -28,7 +30,7 @@ impl RawClient {
     pub fn login(addr: SocketAddr, user: &str, db: &str) -> RawClient {
         let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut c = RawClient { s, buf: Vec::new() };
+        let mut c = RawClient { s, buf: Vec::new(), key: (0, [0; 4]) };
         let mut body = vec![0, 3, 0, 0];
         for (k, v) in [("user", user), ("database", db)] {
             body.extend(cstr(k));
@@ -38,8 +40,15 @@ impl RawClient {
         let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
         pkt.extend(body);
         c.s.write_all(&pkt).unwrap();
-        c.until(b'Z');
-        c
+        loop {
+            let (t, body) = c.read();
+            match t {
+                b'K' => c.key = (i32::from_be_bytes(body[..4].try_into().unwrap()), body[4..8].try_into().unwrap()),
+                b'E' => panic!("login failed: {}", String::from_utf8_lossy(&body)),
+                b'Z' => return c,
+                _ => {}
+            }
+        }
     }
 
     pub fn send(&mut self, tag: u8, body: &[u8]) {
