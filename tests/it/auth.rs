@@ -86,3 +86,28 @@ async fn trust_passes_any_user_on() {
     let err = try_connect(proxy.local_addr(), "app", None, "no_such_db").await.err().unwrap();
     assert_eq!(sqlstate(&err), "3D000", "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_scram_verifier_logs_in_and_passes_keys_to_the_server() {
+    let pg = PgCluster::start(PgOptions::default());
+    let verifier = pg.psql("postgres", "postgres", "select rolpassword from pg_authid where rolname = 'scram_user'");
+    assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
+    // Only the verifier is configured: the proxy never knows the password, yet logs in to the
+    // server (which demands SCRAM) with the keys recovered from the client's proof.
+    let toml = format!("[[users]]\nname = \"scram_user\"\nscram_verifier = \"{verifier}\"\n");
+    let proxy = start_proxy(&pg, &toml).await;
+    let addr = proxy.local_addr();
+    let c = try_connect(addr, "scram_user", Some("scram_pass"), "postgres").await.expect("verifier login");
+    assert_eq!(scalar(&c, "select current_user").await.unwrap(), "scram_user");
+    expect_28p01(addr, "scram_user", "not it").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_that_cannot_connect_says_so() {
+    let pg = PgCluster::start(PgOptions::default());
+    // scram_user needs a password the config does not give.
+    let proxy = start_proxy(&pg, "[auth_query]\nuser = \"scram_user\"\n").await;
+    let err = try_connect(proxy.local_addr(), "md5_user", Some("md5_pass"), "postgres").await.unwrap_err();
+    assert!(sqlstate(&err).starts_with("08"), "{err}");
+    assert!(message(&err).contains("auth_query"), "{err}");
+}
