@@ -20,6 +20,9 @@ use ScramError::{Malformed, Unsupported};
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 /// PostgreSQL's default `scram_iterations`.
 pub const DEFAULT_ITERATIONS: u32 = 4096;
+/// The most PBKDF2 iterations the proxy computes for a server's challenge (PostgreSQL's
+/// default is 4096).
+pub const MAX_SERVER_ITERATIONS: u32 = 100_000;
 
 const KEY_LEN: usize = 32;
 /// PostgreSQL's SCRAM_DEFAULT_SALT_LEN.
@@ -328,6 +331,8 @@ impl ScramClient {
         ensure(is_printable(nonce), Malformed("non-printable nonce"))?;
         let salt = B64.decode(salt).map_err(|_| Malformed("bad base64 salt"))?;
         let iterations = parse_iterations(iterations).ok_or(Malformed("bad iteration count"))?;
+        // PBKDF2 runs inline: a hostile or broken server must not make us spin for minutes.
+        ensure(iterations <= MAX_SERVER_ITERATIONS, Malformed("iteration count above the proxy's limit"))?;
 
         let (client_key, server_key) = match &self.creds {
             ScramCredentials::Password(password) => password_keys(password, &salt, iterations),

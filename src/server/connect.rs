@@ -142,6 +142,7 @@ fn rejected(body: &[u8]) -> ServerError {
 async fn authenticate(conn: &mut ServerConn, user: &str, creds: &Credentials) -> Result<(), ServerError> {
     let auth_err = |reason: &str| ServerError::Auth { user: user.to_string(), reason: reason.to_string() };
     let mut scram: Option<ScramClient> = None;
+    let mut server_proved = false;
     loop {
         let (t, body) = conn.read_frame().await?;
         if t == tag::ERROR_RESPONSE {
@@ -154,6 +155,9 @@ async fn authenticate(conn: &mut ServerConn, user: &str, creds: &Credentials) ->
             .ok_or_else(|| ServerError::Protocol("malformed authentication request".into()))?;
         let mut out = BytesMut::new();
         match req {
+            AuthRequest::Ok if scram.is_some() && !server_proved => {
+                return Err(auth_err("the server ended SCRAM without proving it knows the password"))
+            }
             AuthRequest::Ok => return Ok(()),
             AuthRequest::Cleartext => match creds {
                 Credentials::Password(p) => put_password(&mut out, p),
@@ -207,6 +211,7 @@ async fn authenticate(conn: &mut ServerConn, user: &str, creds: &Credentials) ->
             AuthRequest::SaslFinal(data) => {
                 let client = scram.as_mut().ok_or_else(|| ServerError::Protocol("SASL final without SASL".into()))?;
                 client.server_final(&data).map_err(|e| auth_err(&e.to_string()))?;
+                server_proved = true;
                 continue;
             }
             AuthRequest::Unsupported(code) => {

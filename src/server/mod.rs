@@ -19,6 +19,9 @@ use crate::wire::{tag, PgError, SqlState};
 
 pub use connect::{cancel, connect, Credentials, Target};
 
+/// How long the proxy's own queries (settings sync, ROLLBACK, DISCARD ALL) may take.
+const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest control-path message we hold whole (startup, auth, errors).
 const MAX_CONTROL_FRAME: usize = 1 << 20;
 
@@ -142,6 +145,21 @@ impl ServerConn {
     /// Runs SQL the proxy issues itself and waits for ReadyForQuery. ParameterStatus updates are
     /// recorded; the first error is returned (the connection stays usable unless it was FATAL).
     pub async fn run_control(&mut self, sql: &str) -> Result<Option<ErrorFields>, ServerError> {
+        match tokio::time::timeout(CONTROL_TIMEOUT, self.run_control_inner(sql)).await {
+            Ok(r) => {
+                if r.is_err() {
+                    self.broken = true;
+                }
+                r
+            }
+            Err(_) => {
+                self.broken = true;
+                Err(ServerError::Protocol(format!("no answer to the proxy's own query within {CONTROL_TIMEOUT:?}")))
+            }
+        }
+    }
+
+    async fn run_control_inner(&mut self, sql: &str) -> Result<Option<ErrorFields>, ServerError> {
         let mut out = BytesMut::new();
         put_query(&mut out, sql);
         self.stream.write_all(&out).await?;

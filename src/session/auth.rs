@@ -56,11 +56,29 @@ impl AuthSource {
     /// Looks a user's stored password up with `auth_query`. Ok(None): no such user.
     async fn query_secret(&self, user: &str) -> Result<Option<Secret>, PgError> {
         let (Some(q), Some((host, port))) = (&self.query, &self.primary) else { return Ok(None) };
+        let lookup = self.query_secret_inner(q, host, *port, user);
+        match tokio::time::timeout(AUTH_QUERY_TIMEOUT, lookup).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::error!(auth_user = %q.user, "auth_query did not answer in time");
+                *self.client.lock().await = None;
+                Err(lookup_failed_text())
+            }
+        }
+    }
+
+    async fn query_secret_inner(
+        &self,
+        q: &AuthQuery,
+        host: &str,
+        port: u16,
+        user: &str,
+    ) -> Result<Option<Secret>, PgError> {
         let mut guard = self.client.lock().await;
         for attempt in 0..2 {
             if guard.as_ref().is_none_or(|c| c.is_closed()) {
                 let mut cfg = tokio_postgres::Config::new();
-                cfg.host(host).port(*port).user(&q.user).dbname(&q.database).application_name("pgweir auth_query");
+                cfg.host(host).port(port).user(&q.user).dbname(&q.database).application_name("pgweir auth_query");
                 if let Some(p) = &q.password {
                     cfg.password(p);
                 }
@@ -89,13 +107,18 @@ impl AuthSource {
     }
 }
 
+/// How long a user lookup through auth_query may take.
+const AUTH_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn lookup_failed(auth_user: &str, e: &tokio_postgres::Error) -> PgError {
     tracing::error!(error = %e, auth_user, "auth_query failed");
-    PgError::fatal(
-        SqlState::CONNECTION_FAILURE,
-        format!("pgweir: cannot look up users through auth_query as \"{auth_user}\""),
-    )
-    .with_hint("check auth_query (user, password, database) or list the users in the config")
+    lookup_failed_text()
+}
+
+/// What an unauthenticated client is told: no names, no server errors.
+fn lookup_failed_text() -> PgError {
+    PgError::fatal(SqlState::CONNECTION_FAILURE, "pgweir: cannot look up users through auth_query")
+        .with_hint("the proxy's log has the reason; check auth_query (user, password, database)")
 }
 
 /// A user's stored password in one of PostgreSQL's forms.

@@ -4,6 +4,7 @@
 //! a late cancel can never hit the next client's query.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ pub struct CancelSlot {
     pub queued: Notify,
     /// Read-held while a cancel is forwarded; write-held to change the target.
     inflight: RwLock<()>,
+    /// A forwarded cancel failed or timed out: it may still reach the server later.
+    failed: AtomicBool,
 }
 
 impl CancelSlot {
@@ -28,10 +31,13 @@ impl CancelSlot {
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
     }
 
-    /// The session gives its server back; waits for any cancel being forwarded to it.
-    pub async fn detach(&self) {
+    /// The session gives its server back; waits for any cancel being forwarded to it. Returns
+    /// true when a cancel for that server failed in flight: the server must then be closed, not
+    /// pooled, since the cancel might still land on whoever gets it next.
+    pub async fn detach(&self) -> bool {
         let _g = self.inflight.write().await;
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.failed.swap(false, Ordering::AcqRel)
     }
 
     async fn fire(&self) {
@@ -41,6 +47,7 @@ impl CancelSlot {
             Some(k) => {
                 if let Err(e) = cancel(&k, Duration::from_secs(5)).await {
                     tracing::warn!(error = %e, "forwarding a cancel request failed");
+                    self.failed.store(true, Ordering::Release);
                 }
             }
             None => self.queued.notify_waiters(),

@@ -166,14 +166,28 @@ pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMe
     let size = user_cfg.and_then(|u| u.pool_size).or(route.and_then(|r| r.pool_size)).unwrap_or(ctx.config.pool.size);
     let server_db = route.and_then(|r| r.dbname.clone()).unwrap_or_else(|| database.clone());
     let server_user = outcome.server_user.clone();
+    let tls = match cluster.tls {
+        ServerTls::Disable => None,
+        ServerTls::Verify(_) => {
+            let connector = ctx.server_tls.get(&cluster.name).cloned().flatten();
+            let name = crate::net::tls::server_name(&cluster.primary.host).ok();
+            match (connector, name) {
+                (Some(c), Some(n)) => Some((c, n)),
+                // Never fall back to plaintext when TLS was asked for.
+                _ => {
+                    return Err(PgError::fatal(
+                        SqlState::CONNECTION_FAILURE,
+                        format!(
+                            "pgweir: TLS to cluster \"{}\" is not usable (host {})",
+                            cluster.name, cluster.primary.host
+                        ),
+                    ))
+                }
+            }
+        }
+    };
     let pool = ctx.pools.get_or_create(&database, &user, || {
         let p = &ctx.config.pool;
-        let tls = match (cluster.tls, ctx.server_tls.get(&cluster.name).cloned().flatten()) {
-            (ServerTls::Verify(_), Some(connector)) => {
-                crate::net::tls::server_name(&cluster.primary.host).ok().map(|n| (connector, n))
-            }
-            _ => None,
-        };
         let target = Target {
             host: cluster.primary.host.clone(),
             port: cluster.primary.port,

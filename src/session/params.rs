@@ -7,8 +7,15 @@ use std::collections::HashMap;
 
 /// Parameters PostgreSQL reports with ParameterStatus that a client may set. For these the
 /// server's report is the truth; other settings are tracked from what the proxy applied.
-pub const REPORTED: &[&str] =
-    &["application_name", "client_encoding", "DateStyle", "IntervalStyle", "TimeZone", "standard_conforming_strings"];
+pub const REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "default_transaction_read_only",
+    "IntervalStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+];
 
 fn reported_name(name: &str) -> Option<&'static str> {
     REPORTED.iter().copied().find(|r| r.eq_ignore_ascii_case(name))

@@ -43,6 +43,9 @@ struct Txn {
     /// arrive), so they owe no ReadyForQuery. tokio-postgres sends Bind/Execute/Sync this way.
     syncs_after_execute: u32,
     counting_syncs: bool,
+    /// The COPY in progress was started by Execute: its CopyDone/CopyFail must be followed by
+    /// a Sync before the server is idle.
+    copy_extended: bool,
     /// Last ReadyForQuery status.
     status: u8,
     /// A ReadyForQuery arrived since this server was attached.
@@ -72,6 +75,10 @@ impl Txn {
             tag::COPY_DONE | tag::COPY_FAIL => {
                 self.copy_in = false;
                 self.counting_syncs = false;
+                if self.copy_extended {
+                    self.unsynced = true;
+                    self.copy_extended = false;
+                }
             }
             _ => {}
         }
@@ -80,13 +87,14 @@ impl Txn {
     /// The server entered COPY FROM STDIN mode.
     fn on_copy_in(&mut self) {
         self.copy_in = true;
+        self.copy_extended = self.counting_syncs;
         self.pending = self.pending.saturating_sub(self.syncs_after_execute);
         self.syncs_after_execute = 0;
         self.counting_syncs = false;
     }
 
     fn idle(&self) -> bool {
-        self.rfq_seen && self.pending == 0 && !self.unsynced && self.status == b'I'
+        self.rfq_seen && self.pending == 0 && !self.unsynced && !self.copy_in && self.status == b'I'
     }
 }
 
@@ -124,6 +132,8 @@ pub(super) struct Session<'a> {
     /// After a refused request in the extended protocol: drop messages until Sync.
     skip_to_sync: bool,
     server_fatal: bool,
+    /// The client sent Terminate while attached: finish what it already sent, then leave.
+    terminating: bool,
 }
 
 /// SQLSTATEs a server may report for a bad startup setting, as static codes.
@@ -167,6 +177,7 @@ impl<'a> Session<'a> {
             sflush: false,
             skip_to_sync: false,
             server_fatal: false,
+            terminating: false,
         }
     }
 
@@ -317,7 +328,15 @@ impl<'a> Session<'a> {
         if let Some((sql, next)) = self.params.sync_sql(&server.params, &server.applied) {
             match server.run_control(&sql).await {
                 Ok(None) => server.applied = next,
-                Ok(Some(err)) => tracing::warn!(pool = %pool.name, error = %err, "could not apply client settings"),
+                Ok(Some(err)) => {
+                    // The server may still carry another client's settings: never use it.
+                    tracing::warn!(pool = %pool.name, error = %err, "could not apply client settings; closing the server");
+                    discard(server);
+                    return Err(PgError::error(
+                        SqlState::CONNECTION_EXCEPTION,
+                        format!("pgweir: could not restore this session's settings on a server: {err}"),
+                    ));
+                }
                 Err(e) => {
                     discard(server);
                     return Err(PgError::error(SqlState::CONNECTION_FAILURE, format!("pgweir: {e}")));
@@ -330,20 +349,26 @@ impl<'a> Session<'a> {
     }
 
     async fn release(&mut self) {
-        self.cancel.slot.detach().await;
-        drop(self.server.take());
+        let tainted = self.cancel.slot.detach().await;
+        if let Some(server) = self.server.take() {
+            if tainted {
+                // A cancel for this server may still arrive late: it must not hit someone else.
+                discard(server);
+            }
+        }
     }
 
     /// The client left while holding a server: make the server clean or close it.
     async fn finish_server(&mut self) {
         let Some(mut server) = self.server.take() else { return };
-        self.cancel.slot.detach().await;
+        let tainted = self.cancel.slot.detach().await;
         let quiet = self.txn.pending == 0
             && !self.txn.unsynced
+            && !self.txn.copy_in
             && self.to_server.is_empty()
             && !self.csplit.mid_frame()
             && !self.ssplit.mid_frame();
-        let mut clean = quiet && server.rollback_if_needed().await;
+        let mut clean = quiet && !tainted && server.rollback_if_needed().await;
         if clean && self.login.mode == PoolMode::Session {
             clean = matches!(server.run_control("DISCARD ALL").await, Ok(None));
             server.applied.clear();
@@ -403,7 +428,12 @@ impl<'a> Session<'a> {
                     }
                     reserve_for(&mut self.client.rbuf, h.total);
                 }
-                Ok(Some(_)) => return Poll::Ready(Idle::Request),
+                // Check a server out only once the request's first message is here (or is so
+                // large it will be streamed): a client that sends half a header holds nothing.
+                Ok(Some(h)) if self.client.rbuf.len() >= h.total.min(STREAM_ABOVE) => {
+                    return Poll::Ready(Idle::Request)
+                }
+                Ok(Some(h)) => reserve_for(&mut self.client.rbuf, h.total.min(STREAM_ABOVE)),
                 Ok(None) => {}
             }
             reserve_for(&mut self.client.rbuf, 0);
@@ -422,18 +452,28 @@ impl<'a> Session<'a> {
             let mut progress = false;
 
             // client → proxy → server
-            if self.to_server.len() < HIGH_WATER {
-                reserve_for(&mut self.client.rbuf, self.cneed);
-                match poll_read_buf(Pin::new(&mut self.client.stream), cx, &mut self.client.rbuf) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Attached::ClientGone),
-                    Poll::Ready(Ok(_)) => progress = true,
-                    Poll::Pending => {}
+            if self.terminating {
+                // PostgreSQL runs what came before a Terminate: so do we, then leave.
+                if self.txn.pending == 0 && self.to_server.is_empty() {
+                    return Poll::Ready(Attached::Terminate);
                 }
-            }
-            match forward_client(&mut self.client.rbuf, &mut self.to_server, &mut self.csplit, &mut self.txn) {
-                Err(e) => return Poll::Ready(Attached::Bad(e)),
-                Ok(None) => return Poll::Ready(Attached::Terminate),
-                Ok(Some(need)) => self.cneed = need,
+            } else {
+                if self.to_server.len() < HIGH_WATER {
+                    reserve_for(&mut self.client.rbuf, self.cneed);
+                    match poll_read_buf(Pin::new(&mut self.client.stream), cx, &mut self.client.rbuf) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Attached::ClientGone),
+                        Poll::Ready(Ok(_)) => progress = true,
+                        Poll::Pending => {}
+                    }
+                }
+                match forward_client(&mut self.client.rbuf, &mut self.to_server, &mut self.csplit, &mut self.txn) {
+                    Err(e) => return Poll::Ready(Attached::Bad(e)),
+                    Ok(None) => {
+                        self.terminating = true;
+                        progress = true;
+                    }
+                    Ok(Some(need)) => self.cneed = need,
+                }
             }
             if !self.to_server.is_empty() {
                 match Pin::new(&mut server.stream).poll_write(cx, &self.to_server) {
@@ -487,6 +527,12 @@ impl<'a> Session<'a> {
                         self.cflush = true;
                         progress = true;
                     }
+                    // A client that said Terminate may have closed already: drop its output.
+                    Poll::Ready(Err(_)) if self.terminating => {
+                        self.client.wbuf.clear();
+                        self.cflush = false;
+                        progress = true;
+                    }
                     Poll::Ready(Err(_)) => return Poll::Ready(Attached::ClientGone),
                     Poll::Pending => {}
                 }
@@ -494,6 +540,7 @@ impl<'a> Session<'a> {
             if self.client.wbuf.is_empty() && self.cflush {
                 match Pin::new(&mut self.client.stream).poll_flush(cx) {
                     Poll::Ready(Ok(())) => self.cflush = false,
+                    Poll::Ready(Err(_)) if self.terminating => self.cflush = false,
                     Poll::Ready(Err(_)) => return Poll::Ready(Attached::ClientGone),
                     Poll::Pending => {}
                 }

@@ -380,3 +380,56 @@ async fn oversized_message_gets_08p01() {
     let d = connect(proxy.local_addr(), "app", None, "postgres").await;
     assert_eq!(scalar(&d, "select 'fine'").await.unwrap(), "fine");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_sent_with_terminate_still_runs() {
+    let pg = PgCluster::start(PgOptions::default());
+    pg.psql("postgres", "postgres", "create table t_term(x int); grant all on t_term to public;");
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 1\n")).await;
+    let addr = proxy.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let mut a = crate::raw::RawClient::login(addr, "app", "postgres");
+        // One write: a Query and a Terminate. PostgreSQL would run the insert; so must we.
+        let mut bytes = vec![b'Q'];
+        let sql = b"insert into t_term values (1)\0";
+        bytes.extend_from_slice(&((sql.len() + 4) as u32).to_be_bytes());
+        bytes.extend_from_slice(sql);
+        bytes.extend_from_slice(&[b'X', 0, 0, 0, 4]);
+        a.s.write_all(&bytes).unwrap();
+        let mut rest = Vec::new();
+        let _ = a.s.read_to_end(&mut rest);
+    })
+    .await
+    .unwrap();
+    let pg2 = &pg;
+    assert!(
+        crate::support::eventually(std::time::Duration::from_secs(5), || pg2.psql(
+            "postgres",
+            "postgres",
+            "select count(*) from t_term"
+        ) == "1")
+        .await
+    );
+    let c = connect(addr, "app", None, "postgres").await;
+    assert_eq!(scalar(&c, "select count(*) from t_term").await.unwrap(), "1", "and the server is reusable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_gone_mid_copy_does_not_poison_the_server() {
+    let pg = PgCluster::start(PgOptions::default());
+    pg.psql("app", "app_db", "create table copy_target(x int)");
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 1\n")).await;
+    {
+        let a = connect(proxy.local_addr(), "app", None, "app_db").await;
+        let sink = a.copy_in::<_, Bytes>("copy copy_target from stdin").await.unwrap();
+        futures_util::pin_mut!(sink);
+        sink.send(Bytes::from_static(b"1\n2\n")).await.unwrap();
+        // The client vanishes mid-COPY (no CopyDone, no Sync).
+    }
+    let b = connect(proxy.local_addr(), "app", None, "app_db").await;
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), scalar(&b, "select count(*) from copy_target"))
+        .await
+        .expect("the next client must not hang on a server stuck in COPY")
+        .unwrap();
+    assert_eq!(n, "0");
+}
