@@ -171,6 +171,17 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
 }
 
+/// Named prepared statements in transaction mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedSettings {
+    /// Statements kept per server connection (least recently used ones are closed).
+    pub server_cache_size: usize,
+    /// Statements one client may hold.
+    pub max_per_client: usize,
+    /// Bytes of statement text one client may hold.
+    pub max_bytes_per_client: usize,
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -180,6 +191,7 @@ pub struct Config {
     pub max_message_size: usize,
     pub client_tls: ClientTls,
     pub pool: PoolSettings,
+    pub prepared: PreparedSettings,
     pub users: Vec<User>,
     /// How unknown users are looked up; `None` means only `users` may log in.
     pub auth_query: Option<AuthQuery>,

@@ -16,6 +16,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub pool: RawPool,
     #[serde(default)]
+    pub prepared: RawPrepared,
+    #[serde(default)]
     pub users: Vec<RawUser>,
     pub auth_query: Option<RawAuthQuery>,
     #[serde(default)]
@@ -60,6 +62,14 @@ pub struct RawPool {
     pub idle_timeout: Option<Spanned<DurationValue>>,
     pub lifetime: Option<Spanned<DurationValue>>,
     pub connect_timeout: Option<Spanned<DurationValue>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrepared {
+    pub server_cache_size: Option<Spanned<usize>>,
+    pub max_per_client: Option<Spanned<usize>>,
+    pub max_bytes_per_client: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -170,6 +170,23 @@ impl Validator<'_> {
             connect_timeout: self.duration(&p.connect_timeout, "pool.connect_timeout", Duration::from_secs(5))?,
         };
 
+        let positive = |v: &Option<Spanned<usize>>, key: &str, default: usize| -> Result<usize, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(x) if *x.get_ref() == 0 => self.err(Some(x.span()), key, "must be at least 1"),
+                Some(x) => Ok(*x.get_ref()),
+            }
+        };
+        let prepared = PreparedSettings {
+            server_cache_size: positive(&raw.prepared.server_cache_size, "prepared.server_cache_size", 256)?,
+            max_per_client: positive(&raw.prepared.max_per_client, "prepared.max_per_client", 10_000)?,
+            max_bytes_per_client: positive(
+                &raw.prepared.max_bytes_per_client,
+                "prepared.max_bytes_per_client",
+                16 << 20,
+            )?,
+        };
+
         // users
         let mut users: Vec<User> = Vec::new();
         for (i, u) in raw.users.iter().enumerate() {
@@ -320,6 +337,7 @@ impl Validator<'_> {
             max_message_size,
             client_tls,
             pool,
+            prepared,
             users,
             auth_query,
             clusters,

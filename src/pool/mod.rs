@@ -82,7 +82,18 @@ pub struct ServerPool {
     pub idle_timeout: Duration,
     wait_timeout: Duration,
     pool: managed::Pool<Manager>,
+    stale: Mutex<Stale>,
 }
+
+/// Statements found stale ("cached plan must not change result type"), by epoch, so every
+/// server of the pool closes its copy before next use. Bounded: the oldest are forgotten.
+#[derive(Default)]
+struct Stale {
+    epoch: u64,
+    list: std::collections::VecDeque<(u64, Arc<str>)>,
+}
+
+const STALE_KEPT: usize = 1024;
 
 impl ServerPool {
     pub fn new(
@@ -99,7 +110,27 @@ impl ServerPool {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .expect("a pool with a runtime and no create timeout always builds");
-        ServerPool { name, mode, size, min_idle, idle_timeout: idle, wait_timeout: wait, pool }
+        ServerPool { name, mode, size, min_idle, idle_timeout: idle, wait_timeout: wait, pool, stale: Mutex::default() }
+    }
+
+    /// Marks a statement stale on every server of this pool.
+    pub fn invalidate(&self, global: Arc<str>) {
+        let mut s = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+        s.epoch += 1;
+        let e = s.epoch;
+        s.list.push_back((e, global));
+        if s.list.len() > STALE_KEPT {
+            s.list.pop_front();
+        }
+    }
+
+    /// Statements marked stale after `epoch`, and the current epoch.
+    pub fn stale_since(&self, epoch: u64) -> (Vec<Arc<str>>, u64) {
+        let s = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+        if s.epoch == epoch {
+            return (Vec::new(), epoch);
+        }
+        (s.list.iter().filter(|(e, _)| *e > epoch).map(|(_, g)| g.clone()).collect(), s.epoch)
     }
 
     pub fn target(&self) -> &Arc<Target> {

@@ -49,6 +49,8 @@ pub struct Target {
     pub tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
     pub connect_timeout: Duration,
     pub next_id: Arc<AtomicU64>,
+    /// Prepared statements kept per server connection.
+    pub prepared_cap: usize,
 }
 
 impl Target {
@@ -96,6 +98,7 @@ async fn connect_inner(target: &Target, addr: &str) -> Result<ServerConn, Server
         rbuf: BytesMut::with_capacity(8192),
         params: HashMap::new(),
         applied: HashMap::new(),
+        prepared: super::prepared::PreparedCache::new(target.prepared_cap),
         cancel_key: CancelKey { addr: cancel_addr, pid: 0, secret: Vec::new() },
         status: b'I',
         broken: false,

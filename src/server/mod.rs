@@ -4,6 +4,7 @@
 //! reads and writes `stream`/`rbuf` directly; this module never sees a client.
 
 mod connect;
+pub mod prepared;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -98,6 +99,8 @@ pub struct ServerConn {
     pub params: HashMap<String, String>,
     /// Unreported settings (search_path, ...) the proxy applied for the current client.
     pub applied: HashMap<String, String>,
+    /// Server-side prepared statements (global names) this connection holds.
+    pub prepared: prepared::PreparedCache,
     pub cancel_key: CancelKey,
     /// Last ReadyForQuery status seen: b'I', b'T' or b'E'.
     pub status: u8,

@@ -197,6 +197,7 @@ pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMe
             tls,
             connect_timeout: p.connect_timeout,
             next_id: Arc::clone(&ctx.next_server_id),
+            prepared_cap: ctx.config.prepared.server_cache_size,
         };
         let manager = Manager { target: Arc::new(target), lifetime: p.lifetime, defaults: Default::default() };
         ServerPool::new(

@@ -8,7 +8,10 @@ pub mod auth;
 pub mod cancel;
 mod handshake;
 pub mod params;
+pub mod plan;
+mod pump;
 mod relay;
+pub mod stmts;
 pub mod welcome;
 
 use std::collections::HashMap;

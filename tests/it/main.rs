@@ -8,5 +8,6 @@ mod support;
 mod auth;
 mod cli;
 mod pooling;
+mod prepared;
 mod protocol;
 mod tls;

@@ -1,0 +1,591 @@
+//! The byte pumps of a session. `poll_idle` reads the client until a request starts;
+//! `poll_attached` moves both directions at once while a server is attached (client → server
+//! and server → client are polled in one function, so a big pipeline or COPY never deadlocks,
+//! and it returns Pending only after every operation has registered its waker). `Proto` is the
+//! per-session protocol state the frames pass through: the response plan, the client's named
+//! statements and their renaming to server-side names (transaction mode), and the split state.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWrite;
+use tokio_util::io::poll_read_buf;
+
+use super::params::ClientParams;
+use super::plan::{Event, Plan, Unit, Verdict};
+use super::stmts::{self, ClientStatements, StatementDef};
+use crate::server::ServerConn;
+use crate::wire::backend::{parse_parameter_status, put_ready_for_query, ErrorFields};
+use crate::wire::frame::{FrameHead, Splitter, Step};
+use crate::wire::{tag, PgError, SqlState};
+
+/// Stop reading a side while this much output for the other side is pending.
+pub const HIGH_WATER: usize = 64 * 1024;
+/// Frames larger than this are passed through in pieces instead of being held whole.
+pub const STREAM_ABOVE: usize = 64 * 1024;
+/// Largest server message (PostgreSQL's own limit is 1 GB).
+pub const MAX_SERVER_FRAME: usize = 1 << 30;
+/// Room for a Bind's portal and statement names (63 bytes each at most, plus NULs).
+const BIND_NAMES: usize = 5 + 2 * 64;
+
+pub fn protocol(e: impl std::fmt::Display) -> PgError {
+    PgError::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string())
+}
+
+pub fn reserve_for(buf: &mut BytesMut, need: usize) {
+    let want = need.max(buf.len() + 8192);
+    if buf.capacity() < want {
+        buf.reserve(want - buf.len());
+    }
+}
+
+/// Protocol state of one session's client↔server stream.
+pub struct Proto {
+    pub plan: Plan,
+    pub stmts: ClientStatements,
+    /// Rename named statements to global ones (transaction mode).
+    pub rewrite: bool,
+    pub to_server: BytesMut,
+    pub csplit: Splitter,
+    pub ssplit: Splitter,
+    pub cneed: usize,
+    pub sneed: usize,
+    /// After the proxy answered a message with an error: drop messages up to Sync.
+    pub client_skip: bool,
+    /// Verdict for the rest of a server frame being streamed.
+    stream_verdict: Verdict,
+    /// A FATAL error from the server passed through.
+    pub server_fatal: bool,
+    /// The statement of the last Bind (for "cached plan must not change result type").
+    last_bound: Option<Arc<str>>,
+    /// Statements found stale on this server: the caller tells the pool.
+    pub invalidated: Vec<Arc<str>>,
+}
+
+impl Proto {
+    pub fn new(max_message: usize, rewrite: bool, stmts: ClientStatements) -> Proto {
+        Proto {
+            plan: Plan::new(b'I'),
+            stmts,
+            rewrite,
+            to_server: BytesMut::with_capacity(8192),
+            csplit: Splitter::new(max_message, STREAM_ABOVE),
+            ssplit: Splitter::new(MAX_SERVER_FRAME, STREAM_ABOVE),
+            cneed: 0,
+            sneed: 0,
+            client_skip: false,
+            stream_verdict: Verdict::Forward,
+            server_fatal: false,
+            last_bound: None,
+            invalidated: Vec::new(),
+        }
+    }
+
+    /// A server was just attached (at a ReadyForQuery boundary with `status`).
+    pub fn attach(&mut self, status: u8) {
+        self.plan = Plan::new(status);
+        self.ssplit = Splitter::new(MAX_SERVER_FRAME, STREAM_ABOVE);
+        self.sneed = 0;
+        self.server_fatal = false;
+        self.last_bound = None;
+    }
+
+    /// Neither side is in the middle of anything.
+    pub fn quiet(&self) -> bool {
+        self.plan.quiet() && self.to_server.is_empty() && !self.csplit.mid_frame() && !self.ssplit.mid_frame()
+    }
+
+    /// Moves client frames to the server's output, renaming statements and planning answers.
+    /// Ok(None): the client said Terminate. Ok(Some(n)): the read buffer should hold `n` bytes.
+    pub fn forward_client(
+        &mut self,
+        rbuf: &mut BytesMut,
+        server: &mut ServerConn,
+        params: &ClientParams,
+        to_client: &mut BytesMut,
+    ) -> Result<Option<usize>, PgError> {
+        loop {
+            if self.to_server.len() >= HIGH_WATER {
+                return Ok(Some(0));
+            }
+            // A large Bind is streamed, but its names must be here first to rename them.
+            if !self.csplit.mid_frame() && rbuf.len() < BIND_NAMES {
+                if let Ok(Some(h)) = FrameHead::parse(rbuf, usize::MAX) {
+                    if h.tag == tag::BIND && h.total > STREAM_ABOVE && stmts::parse_bind_names(&rbuf[5..]).is_none() {
+                        return Ok(Some(BIND_NAMES.min(h.total)));
+                    }
+                }
+            }
+            match self.csplit.next(rbuf, client_streamable).map_err(protocol)? {
+                Step::Need(n) => return Ok(Some(n)),
+                Step::Whole(h) => {
+                    if h.tag == tag::TERMINATE {
+                        return Ok(None);
+                    }
+                    self.client_message(h.tag, &rbuf[..h.total], h.total, server, params);
+                    rbuf.advance(h.total);
+                }
+                Step::Partial { head: Some(h), n } => {
+                    self.client_message(h.tag, &rbuf[..n], h.total, server, params);
+                    rbuf.advance(n);
+                }
+                Step::Partial { head: None, n } => {
+                    if !self.client_skip {
+                        self.to_server.extend_from_slice(&rbuf[..n]);
+                    }
+                    rbuf.advance(n);
+                }
+            }
+            self.plan.emit_ready(to_client);
+        }
+    }
+
+    /// One client message (`frame` is all of it, or its first piece when it is streamed).
+    fn client_message(&mut self, t: u8, frame: &[u8], total: usize, server: &mut ServerConn, params: &ClientParams) {
+        if self.client_skip {
+            if t == tag::SYNC {
+                self.client_skip = false;
+                self.plan.client(Unit::Sync);
+                self.to_server.extend_from_slice(frame);
+            }
+            return;
+        }
+        let body = &frame[5.min(frame.len())..];
+        let forward = |me: &mut Proto, unit: Option<Unit>| {
+            if let Some(u) = unit {
+                me.plan.client(u);
+            }
+            me.to_server.extend_from_slice(frame);
+        };
+        match t {
+            tag::QUERY => forward(self, Some(Unit::Query)),
+            tag::FUNCTION_CALL => forward(self, Some(Unit::FunctionCall)),
+            tag::SYNC if self.plan.copy_in => forward(self, None),
+            tag::SYNC => forward(self, Some(Unit::Sync)),
+            tag::EXECUTE => forward(self, Some(Unit::Execute)),
+            tag::COPY_DONE | tag::COPY_FAIL => {
+                forward(self, None);
+                self.plan.copy_end();
+            }
+            tag::PARSE if self.rewrite => self.client_parse(frame, body, server, params),
+            tag::PARSE => forward(self, Some(Unit::Parse { global: None, client: None })),
+            tag::BIND if self.rewrite => self.client_bind(frame, body, total, server),
+            tag::BIND => forward(self, Some(Unit::Bind)),
+            tag::DESCRIBE | tag::CLOSE => match stmts::parse_target(body) {
+                Some((b'S', name)) if self.rewrite && !name.is_empty() => {
+                    let name = name.to_string();
+                    if t == tag::CLOSE {
+                        // Other clients may share the server-side statement: only forget ours.
+                        self.stmts.remove(&name);
+                        self.plan.synthetic(bytes::Bytes::from_static(stmts::CLOSE_COMPLETE));
+                    } else if let Some(def) = self.lookup(&name) {
+                        self.ensure_prepared(&def, server);
+                        self.to_server.extend_from_slice(&stmts::target_frame(tag::DESCRIBE, b'S', &def.global));
+                        self.plan.client(Unit::DescribeStatement);
+                    }
+                }
+                Some((kind, _)) => {
+                    let unit = match (t, kind) {
+                        (tag::CLOSE, _) => Unit::Close,
+                        (_, b'S') => Unit::DescribeStatement,
+                        _ => Unit::DescribePortal,
+                    };
+                    forward(self, Some(unit));
+                }
+                // Malformed: let the server say so, in order.
+                None => forward(self, Some(if t == tag::CLOSE { Unit::Close } else { Unit::DescribePortal })),
+            },
+            _ => forward(self, None),
+        }
+    }
+
+    /// A request that only prepares named statements (Parse... Sync, as libpq's PQprepare and
+    /// pgbench -M prepared send) is answered without a server: the statements are recorded and
+    /// prepared on a server at first use. This keeps a client that prepares synchronously from
+    /// waiting for a server while its own siblings hold them all (pgbench's threads do exactly
+    /// that). The price: a statement with an error is reported at its first use, not here.
+    pub fn prepare_locally(&mut self, client: &mut super::ClientConn, params: &ClientParams) -> bool {
+        let buf = &client.rbuf;
+        let mut at = 0;
+        let mut parses = Vec::new();
+        loop {
+            let Ok(Some(h)) = FrameHead::parse(&buf[at..], STREAM_ABOVE) else { return false };
+            if buf.len() < at + h.total {
+                return false;
+            }
+            match h.tag {
+                tag::PARSE => match stmts::parse_parse(&buf[at + 5..at + h.total]) {
+                    Some(p) if !p.name.is_empty() => parses.push(at..at + h.total),
+                    _ => return false,
+                },
+                tag::SYNC => break,
+                _ => return false,
+            }
+            at += h.total;
+        }
+        let end = at + 5;
+        for range in parses {
+            let body = &buf[range.start + 5..range.end];
+            let Some(p) = stmts::parse_parse(body) else { return false };
+            let global = stmts::global_name(p.query, p.types, params.get("search_path").unwrap_or(""));
+            let def = Arc::new(StatementDef { parse_frame: stmts::parse_frame(&global, p.query, p.types), global });
+            match self.stmts.define(p.name, def) {
+                Ok(()) => client.wbuf.extend_from_slice(stmts::PARSE_COMPLETE),
+                Err(e) => {
+                    // As the server would: the error, and nothing more until Sync.
+                    e.encode(&mut client.wbuf);
+                    break;
+                }
+            }
+        }
+        put_ready_for_query(&mut client.wbuf, b'I');
+        client.rbuf.advance(end);
+        true
+    }
+
+    fn client_parse(&mut self, frame: &[u8], body: &[u8], server: &mut ServerConn, params: &ClientParams) {
+        let Some(p) = stmts::parse_parse(body) else {
+            self.plan.client(Unit::Parse { global: None, client: None });
+            self.to_server.extend_from_slice(frame);
+            return;
+        };
+        if p.name.is_empty() {
+            self.plan.client(Unit::Parse { global: None, client: None });
+            self.to_server.extend_from_slice(frame);
+            return;
+        }
+        let global = stmts::global_name(p.query, p.types, params.get("search_path").unwrap_or(""));
+        let def = Arc::new(StatementDef {
+            parse_frame: stmts::parse_frame(&global, p.query, p.types),
+            global: global.clone(),
+        });
+        let name = p.name.to_string();
+        if let Err(e) = self.stmts.define(&name, def.clone()) {
+            return self.refuse(e);
+        }
+        if server.prepared.has(&global) {
+            self.plan.synthetic(bytes::Bytes::from_static(stmts::PARSE_COMPLETE));
+        } else {
+            self.make_room(global.clone(), server);
+            self.to_server.extend_from_slice(&def.parse_frame);
+            self.plan.client(Unit::Parse { global: Some(global), client: Some(name) });
+        }
+    }
+
+    fn client_bind(&mut self, frame: &[u8], body: &[u8], total: usize, server: &mut ServerConn) {
+        let Some((portal, stmt, rest_at)) = stmts::parse_bind_names(body) else {
+            self.plan.client(Unit::Bind);
+            self.to_server.extend_from_slice(frame);
+            return;
+        };
+        if stmt.is_empty() {
+            self.plan.client(Unit::Bind);
+            self.to_server.extend_from_slice(frame);
+            return;
+        }
+        let (portal, stmt) = (portal.to_string(), stmt.to_string());
+        let Some(def) = self.lookup(&stmt) else { return };
+        self.ensure_prepared(&def, server);
+        stmts::put_bind_prefix(&mut self.to_server, total, &portal, stmt.len(), &def.global);
+        self.to_server.extend_from_slice(&body[rest_at..]);
+        self.plan.client(Unit::Bind);
+        self.last_bound = Some(def.global.clone());
+    }
+
+    /// The client's statement, or an error answered in its place (26000, as PostgreSQL).
+    fn lookup(&mut self, name: &str) -> Option<Arc<StatementDef>> {
+        match self.stmts.get(name) {
+            Some(d) => Some(d.clone()),
+            None => {
+                self.refuse(PgError::error(SqlState("26000"), format!("prepared statement \"{name}\" does not exist")));
+                None
+            }
+        }
+    }
+
+    /// The proxy answers the current message with an error; the server never sees the rest of
+    /// the batch up to Sync (as if it had failed there).
+    fn refuse(&mut self, e: PgError) {
+        let mut b = BytesMut::new();
+        e.encode(&mut b);
+        self.plan.synthetic(b.freeze());
+        self.client_skip = true;
+    }
+
+    /// Prepares the statement on this server first if it lacks it (the answer is swallowed).
+    fn ensure_prepared(&mut self, def: &StatementDef, server: &mut ServerConn) {
+        if server.prepared.has(&def.global) {
+            return;
+        }
+        self.make_room(def.global.clone(), server);
+        self.to_server.extend_from_slice(&def.parse_frame);
+        self.plan.injected(Unit::Parse { global: Some(def.global.clone()), client: None });
+    }
+
+    /// Records `global` in the server's cache, closing what it evicts.
+    fn make_room(&mut self, global: Arc<str>, server: &mut ServerConn) {
+        for victim in server.prepared.insert(global) {
+            self.close_on_server(&victim);
+        }
+    }
+
+    pub fn close_on_server(&mut self, global: &str) {
+        self.to_server.extend_from_slice(&stmts::close_statement_frame(global));
+        self.plan.injected(Unit::Close);
+    }
+
+    /// Moves server frames to the client's output, swallowing answers to injected messages and
+    /// slotting the proxy's own answers in. Returns the bytes the read buffer should hold next.
+    pub fn forward_server(
+        &mut self,
+        server: &mut ServerConn,
+        out: &mut BytesMut,
+        params: &mut ClientParams,
+    ) -> Result<usize, PgError> {
+        loop {
+            if out.len() >= HIGH_WATER {
+                return Ok(0);
+            }
+            let step =
+                self.ssplit.next(&server.rbuf, server_streamable).map_err(|e| protocol(format!("from server: {e}")))?;
+            match step {
+                Step::Need(n) => return Ok(n),
+                Step::Whole(h) => {
+                    let frame = server.rbuf.split_to(h.total);
+                    let body = &frame[5..];
+                    match h.tag {
+                        tag::PARAMETER_STATUS => {
+                            if let Some((k, v)) = parse_parameter_status(body) {
+                                params.on_parameter_status(&k, &v);
+                                server.params.insert(k, v);
+                            }
+                        }
+                        tag::ERROR_RESPONSE => self.on_error(body, server),
+                        _ => {}
+                    }
+                    let (verdict, event) = self.plan.on_server(h.tag, body, out);
+                    if let Event::ParseFailed { global, client } = event {
+                        server.prepared.remove(&global);
+                        if let Some(c) = client {
+                            self.stmts.remove_if(&c, &global);
+                        }
+                    }
+                    if verdict == Verdict::Forward {
+                        out.extend_from_slice(&frame);
+                    }
+                    self.plan.emit_ready(out);
+                }
+                Step::Partial { head, n } => {
+                    if let Some(h) = head {
+                        self.stream_verdict = self.plan.on_server(h.tag, &server.rbuf[5..n], out).0;
+                    }
+                    if self.stream_verdict == Verdict::Forward {
+                        out.extend_from_slice(&server.rbuf[..n]);
+                    }
+                    server.rbuf.advance(n);
+                }
+            }
+            server.status = self.plan.status;
+        }
+    }
+
+    fn on_error(&mut self, body: &[u8], server: &mut ServerConn) {
+        let f = ErrorFields::parse(body);
+        if f.is_fatal() {
+            self.server_fatal = true;
+        }
+        // The statement's result type changed under it: close it on this server and have the
+        // pool drop it everywhere; the client sees this error once.
+        if f.code.as_deref() == Some("0A000") && f.message.as_deref() == Some("cached plan must not change result type")
+        {
+            if let Some(g) = self.last_bound.take() {
+                server.prepared.remove(&g);
+                self.close_on_server(&g);
+                self.invalidated.push(g);
+            }
+        }
+    }
+}
+
+/// Parse, Describe and Close are held whole (they are renamed); anything else may stream.
+fn client_streamable(t: u8) -> bool {
+    !matches!(t, tag::PARSE | tag::DESCRIBE | tag::CLOSE)
+}
+
+fn server_streamable(t: u8) -> bool {
+    !matches!(t, tag::READY_FOR_QUERY | tag::PARAMETER_STATUS | tag::ERROR_RESPONSE | tag::COPY_IN_RESPONSE)
+}
+
+/// What `poll_idle` found.
+pub enum Idle {
+    Request,
+    Terminate,
+    Gone,
+    Bad(PgError),
+}
+
+/// Why `poll_attached` stopped.
+pub enum Attached {
+    Release,
+    ClientGone,
+    Terminate,
+    ServerGone,
+    Bad(PgError),
+}
+
+/// Writes pending output to a stream; Err(()) if the stream failed.
+fn poll_out<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    cx: &mut TaskContext<'_>,
+    buf: &mut BytesMut,
+    needs_flush: &mut bool,
+) -> Result<bool, ()> {
+    let mut progress = false;
+    if !buf.is_empty() {
+        match Pin::new(&mut *s).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n);
+                *needs_flush = true;
+                progress = true;
+            }
+            Poll::Ready(Err(_)) => return Err(()),
+            Poll::Pending => {}
+        }
+    }
+    if buf.is_empty() && *needs_flush {
+        match Pin::new(&mut *s).poll_flush(cx) {
+            Poll::Ready(Ok(())) => *needs_flush = false,
+            Poll::Ready(Err(_)) => return Err(()),
+            Poll::Pending => {}
+        }
+    }
+    Ok(progress)
+}
+
+impl super::relay::Session<'_> {
+    pub(super) fn poll_idle(&mut self, cx: &mut TaskContext<'_>) -> Poll<Idle> {
+        let max = self.ctx.config.max_message_size;
+        loop {
+            match poll_out(&mut self.client.stream, cx, &mut self.client.wbuf, &mut self.cflush) {
+                Err(()) => return Poll::Ready(Idle::Gone),
+                Ok(true) => continue,
+                Ok(false) => {}
+            }
+            match FrameHead::parse(&self.client.rbuf, max) {
+                Err(e) => return Poll::Ready(Idle::Bad(protocol(e))),
+                Ok(Some(h)) if h.tag == tag::TERMINATE => return Poll::Ready(Idle::Terminate),
+                Ok(Some(h)) if self.skip_to_sync => {
+                    if self.client.rbuf.len() >= h.total {
+                        self.client.rbuf.advance(h.total);
+                        if matches!(h.tag, tag::SYNC | tag::QUERY | tag::FUNCTION_CALL) {
+                            put_ready_for_query(&mut self.client.wbuf, b'I');
+                            self.skip_to_sync = false;
+                        }
+                        continue;
+                    }
+                    if h.total > STREAM_ABOVE {
+                        return Poll::Ready(Idle::Bad(protocol(
+                            "oversized message while discarding a refused request",
+                        )));
+                    }
+                    reserve_for(&mut self.client.rbuf, h.total);
+                }
+                // Check a server out only once the request's first message is here (or is so
+                // large it will be streamed): a client that sends half a header holds nothing.
+                Ok(Some(h)) if self.client.rbuf.len() >= h.total.min(STREAM_ABOVE) => {
+                    return Poll::Ready(Idle::Request)
+                }
+                Ok(Some(h)) => reserve_for(&mut self.client.rbuf, h.total.min(STREAM_ABOVE)),
+                Ok(None) => {}
+            }
+            reserve_for(&mut self.client.rbuf, 0);
+            match poll_read_buf(Pin::new(&mut self.client.stream), cx, &mut self.client.rbuf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Idle::Gone),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    pub(super) fn poll_attached(&mut self, cx: &mut TaskContext<'_>) -> Poll<Attached> {
+        let Some(server) = self.server.as_mut() else { return Poll::Ready(Attached::Release) };
+        let server: &mut ServerConn = server;
+        let p = &mut self.proto;
+        loop {
+            let mut progress = false;
+
+            // client → proxy → server
+            if self.terminating {
+                // PostgreSQL runs what came before a Terminate: so do we, then leave.
+                if p.plan.pending_boundaries() == 0 && p.to_server.is_empty() {
+                    return Poll::Ready(Attached::Terminate);
+                }
+            } else {
+                if p.to_server.len() < HIGH_WATER {
+                    reserve_for(&mut self.client.rbuf, p.cneed);
+                    match poll_read_buf(Pin::new(&mut self.client.stream), cx, &mut self.client.rbuf) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Attached::ClientGone),
+                        Poll::Ready(Ok(_)) => progress = true,
+                        Poll::Pending => {}
+                    }
+                }
+                match p.forward_client(&mut self.client.rbuf, server, &self.params, &mut self.client.wbuf) {
+                    Err(e) => return Poll::Ready(Attached::Bad(e)),
+                    Ok(None) => {
+                        self.terminating = true;
+                        progress = true;
+                    }
+                    Ok(Some(need)) => p.cneed = need,
+                }
+            }
+            match poll_out(&mut server.stream, cx, &mut p.to_server, &mut self.sflush) {
+                Err(()) => return Poll::Ready(Attached::ServerGone),
+                Ok(moved) => progress |= moved,
+            }
+
+            // server → proxy → client
+            let mut server_eof = false;
+            if self.client.wbuf.len() < HIGH_WATER {
+                reserve_for(&mut server.rbuf, p.sneed);
+                match poll_read_buf(Pin::new(&mut server.stream), cx, &mut server.rbuf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => server_eof = true,
+                    Poll::Ready(Ok(_)) => progress = true,
+                    Poll::Pending => {}
+                }
+            }
+            match p.forward_server(server, &mut self.client.wbuf, &mut self.params) {
+                Err(e) => return Poll::Ready(Attached::Bad(e)),
+                Ok(need) => p.sneed = need,
+            }
+            if server_eof {
+                server.broken = true;
+                return Poll::Ready(Attached::ServerGone);
+            }
+            match poll_out(&mut self.client.stream, cx, &mut self.client.wbuf, &mut self.cflush) {
+                Ok(moved) => progress |= moved,
+                // A client that said Terminate may have closed already: drop its output.
+                Err(()) if self.terminating => {
+                    self.client.wbuf.clear();
+                    self.cflush = false;
+                }
+                Err(()) => return Poll::Ready(Attached::ClientGone),
+            }
+
+            if self.login.mode == crate::config::PoolMode::Transaction
+                && p.plan.idle()
+                && p.to_server.is_empty()
+                && !self.sflush
+                && !p.csplit.mid_frame()
+                && !p.ssplit.mid_frame()
+                && server.rbuf.is_empty()
+            {
+                return Poll::Ready(Attached::Release);
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+}
