@@ -19,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod net;
 pub mod pool;
+pub mod route;
 pub mod server;
 pub mod session;
 pub mod wire;

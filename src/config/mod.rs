@@ -165,6 +165,8 @@ pub struct PoolSettings {
     pub size: u32,
     pub min_idle: u32,
     pub max_client_connections: u32,
+    /// Clients per pool that may be pinned to a server; None: half the pool size.
+    pub max_pinned: Option<u32>,
     pub wait_timeout: Duration,
     pub idle_timeout: Duration,
     pub lifetime: Duration,

@@ -58,6 +58,7 @@ pub struct RawPool {
     pub size: Option<Spanned<u32>>,
     pub min_idle: Option<Spanned<u32>>,
     pub max_client_connections: Option<Spanned<u32>>,
+    pub max_pinned: Option<Spanned<u32>>,
     pub wait_timeout: Option<Spanned<DurationValue>>,
     pub idle_timeout: Option<Spanned<DurationValue>>,
     pub lifetime: Option<Spanned<DurationValue>>,

@@ -164,6 +164,7 @@ impl Validator<'_> {
             size,
             min_idle,
             max_client_connections: p.max_client_connections.as_ref().map(|v| *v.get_ref()).unwrap_or(10_000),
+            max_pinned: p.max_pinned.as_ref().map(|v| *v.get_ref()),
             wait_timeout: self.duration(&p.wait_timeout, "pool.wait_timeout", Duration::from_secs(120))?,
             idle_timeout: self.duration(&p.idle_timeout, "pool.idle_timeout", Duration::from_secs(600))?,
             lifetime: self.duration(&p.lifetime, "pool.lifetime", Duration::from_secs(3600))?,

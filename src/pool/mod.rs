@@ -83,6 +83,9 @@ pub struct ServerPool {
     wait_timeout: Duration,
     pool: managed::Pool<Manager>,
     stale: Mutex<Stale>,
+    /// Clients pinned to a server of this pool, and how many may be.
+    pinned: std::sync::atomic::AtomicUsize,
+    pub max_pinned: usize,
 }
 
 /// Statements found stale ("cached plan must not change result type"), by epoch, so every
@@ -110,7 +113,40 @@ impl ServerPool {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .expect("a pool with a runtime and no create timeout always builds");
-        ServerPool { name, mode, size, min_idle, idle_timeout: idle, wait_timeout: wait, pool, stale: Mutex::default() }
+        ServerPool {
+            name,
+            mode,
+            size,
+            min_idle,
+            idle_timeout: idle,
+            wait_timeout: wait,
+            pool,
+            stale: Mutex::default(),
+            pinned: Default::default(),
+            max_pinned: (size / 2).max(1),
+        }
+    }
+
+    pub fn with_max_pinned(mut self, n: usize) -> ServerPool {
+        self.max_pinned = n;
+        self
+    }
+
+    /// May one more client be pinned?
+    pub fn may_pin(&self) -> bool {
+        self.pinned.load(std::sync::atomic::Ordering::Relaxed) < self.max_pinned
+    }
+
+    pub fn pin(&self) {
+        self.pinned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn unpin(&self) {
+        self.pinned.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn pinned(&self) -> usize {
+        self.pinned.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Marks a statement stale on every server of this pool.

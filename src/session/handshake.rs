@@ -209,6 +209,7 @@ pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMe
             p.idle_timeout,
             manager,
         )
+        .with_max_pinned(p.max_pinned.map(|n| n as usize).unwrap_or((size as usize / 2).max(1)))
     });
     // The newest credentials win: a SCRAM pass-through login refreshes the pool's keys.
     if outcome.refreshes_pool {

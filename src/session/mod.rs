@@ -11,6 +11,7 @@ pub mod params;
 pub mod plan;
 mod pump;
 mod relay;
+pub mod state;
 pub mod stmts;
 pub mod welcome;
 

@@ -21,10 +21,45 @@ fn reported_name(name: &str) -> Option<&'static str> {
     REPORTED.iter().copied().find(|r| r.eq_ignore_ascii_case(name))
 }
 
+/// How a setting's value is written: a configuration string (startup packet, `options`,
+/// `set_config`) or the SQL text after `SET name TO` (a list, quoted identifiers, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    Config(String),
+    Sql(String),
+}
+
+impl Value {
+    fn text(&self) -> &str {
+        match self {
+            Value::Config(s) | Value::Sql(s) => s,
+        }
+    }
+
+    /// The form recorded in a server's `applied` map.
+    fn encoded(&self) -> String {
+        match self {
+            Value::Config(s) => format!("c:{s}"),
+            Value::Sql(s) => format!("s:{s}"),
+        }
+    }
+
+    fn statement(&self, name: &str) -> String {
+        match self {
+            Value::Config(v) => {
+                format!("SELECT pg_catalog.set_config({}, {}, false);", quote_literal(name), quote_literal(v))
+            }
+            Value::Sql(v) => format!("SET {} TO {v};", quote_ident(name)),
+        }
+    }
+}
+
 /// Settings one client wants on whatever server it is given.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientParams {
-    want: Vec<(String, String)>,
+    want: Vec<(String, Value)>,
+    /// The startup values of unreported settings: what RESET returns to.
+    startup: Vec<(String, Value)>,
 }
 
 impl ClientParams {
@@ -34,32 +69,57 @@ impl ClientParams {
         if let Some(d) = defaults {
             for r in REPORTED {
                 if let Some(v) = d.get(*r) {
-                    p.set(r, v);
+                    p.set(r, Value::Config(v.clone()));
                 }
             }
         }
         for (k, v) in settings {
-            p.set(k, v);
+            p.set(k, Value::Config(v.clone()));
         }
+        p.startup = p.want.iter().filter(|(k, _)| reported_name(k).is_none()).cloned().collect();
         p
     }
 
-    fn set(&mut self, name: &str, value: &str) {
-        let name = reported_name(name).map(str::to_string).unwrap_or_else(|| name.to_ascii_lowercase());
+    fn canonical(name: &str) -> String {
+        reported_name(name).map(str::to_string).unwrap_or_else(|| name.to_ascii_lowercase())
+    }
+
+    /// Records a value the client set (or that a startup setting asks for).
+    pub fn set(&mut self, name: &str, value: Value) {
+        let name = Self::canonical(name);
         match self.want.iter_mut().find(|(k, _)| *k == name) {
-            Some(slot) => slot.1 = value.to_string(),
-            None => self.want.push((name, value.to_string())),
+            Some(slot) => slot.1 = value,
+            None => self.want.push((name, value)),
         }
     }
 
+    /// RESET name: back to the startup value, or to the server's default.
+    pub fn reset(&mut self, name: &str) {
+        let name = Self::canonical(name);
+        if reported_name(&name).is_some() {
+            return;
+        }
+        self.want.retain(|(k, _)| *k != name);
+        if let Some((_, v)) = self.startup.iter().find(|(k, _)| *k == name) {
+            self.want.push((name, v.clone()));
+        }
+    }
+
+    /// RESET ALL / DISCARD ALL: unreported settings back to their startup values (reported ones
+    /// follow the server's ParameterStatus).
+    pub fn reset_all(&mut self) {
+        self.want.retain(|(k, _)| reported_name(k).is_some());
+        self.want.extend(self.startup.iter().cloned());
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.want.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.want.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.text())
     }
 
     /// A server reported a parameter while this client held it (the client ran SET).
     pub fn on_parameter_status(&mut self, name: &str, value: &str) {
         if reported_name(name).is_some() {
-            self.set(name, value);
+            self.set(name, Value::Config(value.to_string()));
         }
     }
 
@@ -69,40 +129,36 @@ impl ClientParams {
         for (k, v) in self.want.iter_mut() {
             if let Some(r) = reported_name(k) {
                 if let Some(sv) = server_params.get(r) {
-                    *v = sv.clone();
+                    *v = Value::Config(sv.clone());
                 }
             }
         }
     }
 
     /// SQL that makes a server match this client, or None if it already does. `applied` holds
-    /// the unreported settings a previous sync put on that server; those this client does not
-    /// want are reset. Returns the new `applied` map to record once the SQL succeeds.
+    /// the unreported settings set on that server for its current or previous client (encoded
+    /// with `record_applied`); those this client does not want are reset. Returns the new
+    /// `applied` map to record once the SQL succeeds.
     pub fn sync_sql(
         &self,
         server_params: &HashMap<String, String>,
         applied: &HashMap<String, String>,
     ) -> Option<(String, HashMap<String, String>)> {
-        // set_config() takes the value as a configuration string, exactly as the startup packet
-        // or postgresql.conf would (so "a,b" stays a two-element search_path), which SET with a
-        // quoted literal would not.
-        let mut sets = Vec::new();
+        let mut sql = String::new();
         let mut next = HashMap::new();
         for (k, v) in &self.want {
-            let current = match reported_name(k) {
-                Some(r) => server_params.get(r),
+            let differs = match reported_name(k) {
+                Some(r) => server_params.get(r).map(String::as_str) != Some(v.text()),
                 None => {
-                    next.insert(k.clone(), v.clone());
-                    applied.get(k)
+                    let enc = v.encoded();
+                    let differs = applied.get(k) != Some(&enc);
+                    next.insert(k.clone(), enc);
+                    differs
                 }
             };
-            if current != Some(v) {
-                sets.push(format!("pg_catalog.set_config({}, {}, false)", quote_literal(k), quote_literal(v)));
+            if differs {
+                sql.push_str(&v.statement(k));
             }
-        }
-        let mut sql = String::new();
-        if !sets.is_empty() {
-            sql = format!("SELECT {};", sets.join(", "));
         }
         let mut resets: Vec<&String> = applied.keys().filter(|k| !next.contains_key(*k)).collect();
         resets.sort();
@@ -111,6 +167,17 @@ impl ClientParams {
         }
         (!sql.is_empty()).then_some((sql, next))
     }
+}
+
+/// Records on a server's `applied` map that the client itself set `name` there.
+pub fn record_applied(applied: &mut HashMap<String, String>, name: &str, value: &Value) {
+    if reported_name(name).is_none() {
+        applied.insert(name.to_ascii_lowercase(), value.encoded());
+    }
+}
+
+pub fn is_reported(name: &str) -> bool {
+    reported_name(name).is_some()
 }
 
 pub fn quote_ident(s: &str) -> String {
@@ -151,9 +218,9 @@ mod tests {
         let p =
             ClientParams::new(None, &[("application_name".into(), "a'b".into()), ("search_path".into(), "s1".into())]);
         let server = map(&[("application_name", "a'b")]);
-        let (sql, next) = p.sync_sql(&server, &map(&[("extra_float_digits", "3")])).unwrap();
+        let (sql, next) = p.sync_sql(&server, &map(&[("extra_float_digits", "c:3")])).unwrap();
         assert_eq!(sql, "SELECT pg_catalog.set_config('search_path', 's1', false);RESET \"extra_float_digits\";");
-        assert_eq!(next, map(&[("search_path", "s1")]));
+        assert_eq!(next, map(&[("search_path", "c:s1")]));
         assert_eq!(p.sync_sql(&server, &next), None);
         let other = map(&[("application_name", "x")]);
         assert_eq!(
@@ -171,6 +238,27 @@ mod tests {
         p.on_parameter_status("server_version", "16");
         assert_eq!(p.get("TimeZone"), Some("Europe/Paris"));
         assert_eq!(p.get("server_version"), None);
+    }
+
+    #[test]
+    fn client_sets_resets_and_sql_values() {
+        let mut p = ClientParams::new(None, &[("search_path".into(), "a".into())]);
+        p.set("search_path", Value::Sql("s1, \"B\"".into()));
+        let (sql, next) = p.sync_sql(&HashMap::new(), &HashMap::new()).unwrap();
+        assert_eq!(sql, "SET \"search_path\" TO s1, \"B\";");
+        let mut applied = next.clone();
+        assert_eq!(p.sync_sql(&HashMap::new(), &applied), None);
+        p.reset("search_path");
+        assert_eq!(p.get("search_path"), Some("a"), "RESET returns to the startup value");
+        p.set("app.user_id", Value::Config("7".into()));
+        record_applied(&mut applied, "app.user_id", &Value::Config("7".into()));
+        p.reset_all();
+        assert_eq!(p.get("app.user_id"), None);
+        let (sql, _) = p.sync_sql(&HashMap::new(), &applied).unwrap();
+        assert!(
+            sql.contains("set_config('search_path', 'a', false)") && sql.contains("RESET \"app.user_id\""),
+            "{sql}"
+        );
     }
 
     #[test]

@@ -13,7 +13,24 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::route::session_sql::Effect;
+use crate::wire::frame::cstr;
 use crate::wire::tag;
+
+/// The session effects of a simple Query's statements, applied only if all of it succeeds (a
+/// multi-statement Query is one implicit transaction).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueryFx {
+    pending: VecDeque<Vec<Effect>>,
+    done: Vec<(Vec<Effect>, String)>,
+    failed: bool,
+}
+
+impl QueryFx {
+    pub fn new(per_statement: Vec<Vec<Effect>>) -> QueryFx {
+        QueryFx { pending: per_statement.into(), ..QueryFx::default() }
+    }
+}
 
 /// One request message's worth of server response.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,15 +45,25 @@ pub enum Unit {
     Close,
     DescribeStatement,
     DescribePortal,
-    Execute,
+    /// With the session effects of the portal's statement, if any.
+    Execute(Option<Box<Vec<Effect>>>),
     Sync,
-    Query,
+    Query(Option<Box<QueryFx>>),
     FunctionCall,
 }
 
 impl Unit {
     fn is_boundary(&self) -> bool {
-        matches!(self, Unit::Sync | Unit::Query | Unit::FunctionCall)
+        matches!(self, Unit::Sync | Unit::Query(_) | Unit::FunctionCall)
+    }
+
+    /// The unit without its payload of effects (cheap to copy out of the queue).
+    fn shape(&self) -> Unit {
+        match self {
+            Unit::Execute(_) => Unit::Execute(None),
+            Unit::Query(_) => Unit::Query(None),
+            other => other.clone(),
+        }
     }
 
     /// Does a server message with this tag complete the unit?
@@ -46,8 +73,8 @@ impl Unit {
             Unit::Bind => t == b'2' || t == tag::ERROR_RESPONSE,
             Unit::Close => t == b'3' || t == tag::ERROR_RESPONSE,
             Unit::DescribeStatement | Unit::DescribePortal => matches!(t, b'T' | b'n' | tag::ERROR_RESPONSE),
-            Unit::Execute => matches!(t, b'C' | b'I' | b's' | tag::ERROR_RESPONSE),
-            Unit::Sync | Unit::Query | Unit::FunctionCall => t == tag::READY_FOR_QUERY,
+            Unit::Execute(_) => matches!(t, b'C' | b'I' | b's' | tag::ERROR_RESPONSE),
+            Unit::Sync | Unit::Query(_) | Unit::FunctionCall => t == tag::READY_FOR_QUERY,
         }
     }
 }
@@ -93,6 +120,9 @@ pub struct Plan {
     rfq_seen: bool,
     /// The server is in COPY FROM STDIN mode (Sync and Flush are ignored there).
     pub copy_in: bool,
+    /// Statements that completed with session effects: (effects, CommandComplete tag). The
+    /// caller drains this after each server message.
+    pub completed: Vec<(Vec<Effect>, String)>,
 }
 
 impl Plan {
@@ -162,8 +192,8 @@ impl Plan {
         }
         self.emit_ready(out);
         let (injected, unit) = match self.q.front() {
-            Some(Entry::Client(u)) => (false, u.clone()),
-            Some(Entry::Injected(u)) => (true, u.clone()),
+            Some(Entry::Client(u)) => (false, u.shape()),
+            Some(Entry::Injected(u)) => (true, u.shape()),
             // Nothing owed: a FATAL from a dying server, say. Pass it on.
             _ => return (Verdict::Forward, self.after_ready(t)),
         };
@@ -180,11 +210,19 @@ impl Plan {
             }
             return (Verdict::Forward, self.after_ready(t));
         }
+        if !injected {
+            self.note_effects(t, body);
+        }
         if !unit.ends_with(t) {
             // Part of a longer answer (rows, descriptions, COPY data).
             return (if injected { Verdict::Swallow } else { Verdict::Forward }, Event::None);
         }
-        self.q.pop_front();
+        let popped = self.q.pop_front();
+        if let Some(Entry::Client(Unit::Query(Some(fx)))) = popped {
+            if t == tag::READY_FOR_QUERY && !fx.failed {
+                self.completed.extend(fx.done);
+            }
+        }
         let mut event = Event::None;
         if t == tag::ERROR_RESPONSE {
             self.copy_in = false;
@@ -209,6 +247,29 @@ impl Plan {
         (if injected { Verdict::Swallow } else { Verdict::Forward }, event)
     }
 
+    /// CommandComplete of a statement with effects; an error cancels a Query's effects.
+    fn note_effects(&mut self, t: u8, body: &[u8]) {
+        let tag_text = || cstr(body).map(|(t, _)| String::from_utf8_lossy(t).into_owned()).unwrap_or_default();
+        match self.q.front_mut() {
+            Some(Entry::Client(Unit::Query(Some(fx)))) => match t {
+                b'C' => {
+                    let e = fx.pending.pop_front().unwrap_or_default();
+                    if !e.is_empty() {
+                        fx.done.push((e, tag_text()));
+                    }
+                }
+                tag::ERROR_RESPONSE => fx.failed = true,
+                _ => {}
+            },
+            Some(Entry::Client(Unit::Execute(fx))) if t == b'C' => {
+                if let Some(e) = fx.take() {
+                    self.completed.push((*e, tag_text()));
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn after_ready(&mut self, t: u8) -> Event {
         if t == tag::READY_FOR_QUERY {
             self.rfq_seen = true;
@@ -223,7 +284,7 @@ impl Plan {
     /// ignored there: they owe nothing.
     fn enter_copy_in(&mut self) {
         self.copy_in = true;
-        if !matches!(self.q.front(), Some(Entry::Client(Unit::Execute))) {
+        if !matches!(self.q.front(), Some(Entry::Client(Unit::Execute(_)))) {
             return;
         }
         let mut i = 1;
@@ -256,7 +317,7 @@ mod tests {
     #[test]
     fn simple_query_ends_at_ready() {
         let mut p = Plan::new(b'I');
-        p.client(Unit::Query);
+        p.client(Unit::Query(None));
         assert!(!p.idle());
         let (v, _) = run(&mut p, b"TDCZ");
         assert!(v.iter().all(|v| *v == Verdict::Forward));
@@ -270,7 +331,7 @@ mod tests {
         p.synthetic(Bytes::from_static(b"1\0\0\0\x04"));
         p.injected(Unit::Parse { global: Some("g".into()), client: None });
         p.client(Unit::Bind);
-        p.client(Unit::Execute);
+        p.client(Unit::Execute(None));
         p.client(Unit::Sync);
         let mut out = BytesMut::new();
         p.emit_ready(&mut out);
@@ -324,7 +385,7 @@ mod tests {
         // tokio-postgres: Bind, Execute, Sync, CopyData..., CopyDone, Sync.
         let mut p = Plan::new(b'I');
         p.client(Unit::Bind);
-        p.client(Unit::Execute);
+        p.client(Unit::Execute(None));
         p.client(Unit::Sync);
         run(&mut p, b"2G");
         assert!(p.copy_in);
@@ -333,6 +394,28 @@ mod tests {
         let (v, _) = run(&mut p, b"CZ");
         assert_eq!(v, vec![Verdict::Forward, Verdict::Forward]);
         assert!(p.idle());
+    }
+
+    #[test]
+    fn query_effects_apply_only_if_the_whole_query_succeeds() {
+        let fx = |s: &str| vec![Effect::Listen { channel: s.into() }];
+        let mut p = Plan::new(b'I');
+        p.client(Unit::Query(Some(Box::new(QueryFx::new(vec![fx("a"), vec![]])))));
+        let mut out = BytesMut::new();
+        p.on_server(b'C', b"LISTEN\0", &mut out);
+        p.on_server(b'C', b"SELECT 1\0", &mut out);
+        p.on_server(b'Z', b"I", &mut out);
+        assert_eq!(p.completed, vec![(fx("a"), "LISTEN".to_string())]);
+        p.completed.clear();
+        p.client(Unit::Query(Some(Box::new(QueryFx::new(vec![fx("b"), vec![]])))));
+        p.on_server(b'C', b"LISTEN\0", &mut out);
+        p.on_server(b'E', b"", &mut out);
+        p.on_server(b'Z', b"I", &mut out);
+        assert!(p.completed.is_empty());
+        p.client(Unit::Execute(Some(Box::new(fx("c")))));
+        p.client(Unit::Sync);
+        p.on_server(b'C', b"LISTEN\0", &mut out);
+        assert_eq!(p.completed, vec![(fx("c"), "LISTEN".to_string())]);
     }
 
     #[test]
@@ -349,7 +432,7 @@ mod tests {
         let mut p = Plan::new(b'I');
         for _ in 0..3 {
             p.client(Unit::Bind);
-            p.client(Unit::Execute);
+            p.client(Unit::Execute(None));
             p.client(Unit::Sync);
         }
         assert_eq!(p.pending_boundaries(), 3);

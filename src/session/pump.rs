@@ -14,8 +14,10 @@ use tokio::io::AsyncWrite;
 use tokio_util::io::poll_read_buf;
 
 use super::params::ClientParams;
-use super::plan::{Event, Plan, Unit, Verdict};
+use super::plan::{Event, Plan, QueryFx, Unit, Verdict};
+use super::state::{pins_for, ServerSide, SessionState};
 use super::stmts::{self, ClientStatements, StatementDef};
+use crate::route::session_sql::{effects, query_effects, Effect};
 use crate::server::ServerConn;
 use crate::wire::backend::{parse_parameter_status, put_ready_for_query, ErrorFields};
 use crate::wire::frame::{FrameHead, Splitter, Step};
@@ -62,6 +64,13 @@ pub struct Proto {
     last_bound: Option<Arc<str>>,
     /// Statements found stale on this server: the caller tells the pool.
     pub invalidated: Vec<Arc<str>>,
+    /// Settings and pins built from completed statements (transaction mode).
+    pub state: SessionState,
+    /// Effects of the unnamed statement and of bound portals, for Execute.
+    unnamed_fx: Vec<Effect>,
+    portal_fx: Vec<(String, Vec<Effect>)>,
+    /// May this session become pinned now? (the pool's cap on pinned clients)
+    pub may_pin: bool,
 }
 
 impl Proto {
@@ -80,7 +89,27 @@ impl Proto {
             server_fatal: false,
             last_bound: None,
             invalidated: Vec::new(),
+            state: SessionState::default(),
+            unnamed_fx: Vec::new(),
+            portal_fx: Vec::new(),
+            may_pin: true,
         }
+    }
+
+    /// Refuses a statement that would pin the session when the pool's cap is reached.
+    fn refuse_pin(&mut self, fx: &[Effect]) -> bool {
+        if self.may_pin || self.state.pins.any() {
+            return false;
+        }
+        let Some(reason) = fx.iter().find_map(pins_for) else { return false };
+        self.refuse(
+            PgError::error(
+                SqlState::TOO_MANY_CONNECTIONS,
+                format!("pgweir: this statement would pin the session to a server ({reason}) and the pool's limit of pinned clients is reached"),
+            )
+            .with_hint("raise pool.max_pinned, or avoid session state (temp tables, LISTEN, advisory locks, WITH HOLD cursors) in transaction mode"),
+        );
+        true
     }
 
     /// A server was just attached (at a ReadyForQuery boundary with `status`).
@@ -160,11 +189,41 @@ impl Proto {
             me.to_server.extend_from_slice(frame);
         };
         match t {
-            tag::QUERY => forward(self, Some(Unit::Query)),
+            tag::QUERY if self.rewrite => {
+                let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+                let per_stmt = query_effects(&text);
+                let flat: Vec<Effect> = per_stmt.iter().flatten().cloned().collect();
+                if self.refuse_pin(&flat) {
+                    // A simple Query ends with ReadyForQuery even when refused.
+                    self.client_skip = false;
+                    let mut rfq = BytesMut::new();
+                    put_ready_for_query(&mut rfq, if self.plan.status == 0 { b'I' } else { self.plan.status });
+                    self.plan.synthetic(rfq.freeze());
+                    return;
+                }
+                let fx = (!flat.is_empty()).then(|| Box::new(QueryFx::new(per_stmt)));
+                forward(self, Some(Unit::Query(fx)));
+            }
+            tag::QUERY => forward(self, Some(Unit::Query(None))),
             tag::FUNCTION_CALL => forward(self, Some(Unit::FunctionCall)),
             tag::SYNC if self.plan.copy_in => forward(self, None),
             tag::SYNC => forward(self, Some(Unit::Sync)),
-            tag::EXECUTE => forward(self, Some(Unit::Execute)),
+            tag::EXECUTE if self.rewrite => {
+                let portal = crate::wire::frame::cstr(body).map(|(p, _)| p).unwrap_or(b"");
+                let fx = self
+                    .portal_fx
+                    .iter()
+                    .find(|(p, _)| p.as_bytes() == portal)
+                    .map(|(_, fx)| fx.clone())
+                    .filter(|fx| !fx.is_empty());
+                if let Some(fx) = &fx {
+                    if self.refuse_pin(fx) {
+                        return;
+                    }
+                }
+                forward(self, Some(Unit::Execute(fx.map(Box::new))));
+            }
+            tag::EXECUTE => forward(self, Some(Unit::Execute(None))),
             tag::COPY_DONE | tag::COPY_FAIL => {
                 forward(self, None);
                 self.plan.copy_end();
@@ -230,7 +289,11 @@ impl Proto {
             let body = &buf[range.start + 5..range.end];
             let Some(p) = stmts::parse_parse(body) else { return false };
             let global = stmts::global_name(p.query, p.types, params.get("search_path").unwrap_or(""));
-            let def = Arc::new(StatementDef { parse_frame: stmts::parse_frame(&global, p.query, p.types), global });
+            let def = Arc::new(StatementDef {
+                parse_frame: stmts::parse_frame(&global, p.query, p.types),
+                global,
+                effects: effects(&String::from_utf8_lossy(p.query)),
+            });
             match self.stmts.define(p.name, def) {
                 Ok(()) => client.wbuf.extend_from_slice(stmts::PARSE_COMPLETE),
                 Err(e) => {
@@ -251,7 +314,9 @@ impl Proto {
             self.to_server.extend_from_slice(frame);
             return;
         };
+        let fx = effects(&String::from_utf8_lossy(p.query));
         if p.name.is_empty() {
+            self.unnamed_fx = fx;
             self.plan.client(Unit::Parse { global: None, client: None });
             self.to_server.extend_from_slice(frame);
             return;
@@ -260,6 +325,7 @@ impl Proto {
         let def = Arc::new(StatementDef {
             parse_frame: stmts::parse_frame(&global, p.query, p.types),
             global: global.clone(),
+            effects: fx,
         });
         let name = p.name.to_string();
         if let Err(e) = self.stmts.define(&name, def.clone()) {
@@ -281,17 +347,27 @@ impl Proto {
             return;
         };
         if stmt.is_empty() {
+            let fx = self.unnamed_fx.clone();
+            self.bind_portal(portal, fx);
             self.plan.client(Unit::Bind);
             self.to_server.extend_from_slice(frame);
             return;
         }
         let (portal, stmt) = (portal.to_string(), stmt.to_string());
         let Some(def) = self.lookup(&stmt) else { return };
+        self.bind_portal(&portal, def.effects.clone());
         self.ensure_prepared(&def, server);
         stmts::put_bind_prefix(&mut self.to_server, total, &portal, stmt.len(), &def.global);
         self.to_server.extend_from_slice(&body[rest_at..]);
         self.plan.client(Unit::Bind);
         self.last_bound = Some(def.global.clone());
+    }
+
+    fn bind_portal(&mut self, portal: &str, fx: Vec<Effect>) {
+        self.portal_fx.retain(|(p, _)| p != portal);
+        if !fx.is_empty() {
+            self.portal_fx.push((portal.to_string(), fx));
+        }
     }
 
     /// The client's statement, or an error answered in its place (26000, as PostgreSQL).
@@ -366,11 +442,19 @@ impl Proto {
                         _ => {}
                     }
                     let (verdict, event) = self.plan.on_server(h.tag, body, out);
-                    if let Event::ParseFailed { global, client } = event {
-                        server.prepared.remove(&global);
-                        if let Some(c) = client {
-                            self.stmts.remove_if(&c, &global);
+                    match event {
+                        Event::ParseFailed { global, client } => {
+                            server.prepared.remove(&global);
+                            if let Some(c) = client {
+                                self.stmts.remove_if(&c, &global);
+                            }
                         }
+                        Event::Ready(status) => self.state.ready(status),
+                        Event::None => {}
+                    }
+                    for (fx, tag) in std::mem::take(&mut self.plan.completed) {
+                        let mut side = ServerSide { applied: &mut server.applied, prepared: &mut server.prepared };
+                        self.state.completed(&fx, &tag, params, &mut self.stmts, &mut side);
                     }
                     if verdict == Verdict::Forward {
                         out.extend_from_slice(&frame);
@@ -574,6 +658,7 @@ impl super::relay::Session<'_> {
             }
 
             if self.login.mode == crate::config::PoolMode::Transaction
+                && !p.state.pins.any()
                 && p.plan.idle()
                 && p.to_server.is_empty()
                 && !self.sflush

@@ -32,6 +32,16 @@ pub(super) struct Session<'a> {
     pub(super) skip_to_sync: bool,
     /// The client sent Terminate while attached: finish what it already sent, then leave.
     pub(super) terminating: bool,
+    /// This session counts in its pool's pinned clients.
+    counted_pin: bool,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if self.counted_pin {
+            self.login.pool.unpin();
+        }
+    }
 }
 
 /// SQLSTATEs a server may report for a bad startup setting, as static codes.
@@ -61,6 +71,7 @@ impl<'a> Session<'a> {
             sflush: false,
             skip_to_sync: false,
             terminating: false,
+            counted_pin: false,
         }
     }
 
@@ -86,7 +97,10 @@ impl<'a> Session<'a> {
                     Idle::Bad(e) => return self.client.fatal(e).await,
                 }
             }
-            match poll_fn(|cx| self.poll_attached(cx)).await {
+            self.proto.may_pin = self.counted_pin || self.login.pool.may_pin();
+            let outcome = poll_fn(|cx| self.poll_attached(cx)).await;
+            self.count_pin();
+            match outcome {
                 Attached::Release => self.release().await,
                 Attached::ClientGone | Attached::Terminate => return self.finish_server().await,
                 Attached::ServerGone => {
@@ -240,6 +254,21 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// Keeps the pool's count of pinned clients in step with this session's pins.
+    fn count_pin(&mut self) {
+        let pinned = self.proto.state.pins.any();
+        if pinned != self.counted_pin {
+            if pinned {
+                self.login.pool.pin();
+                tracing::debug!(pool = %self.login.pool.name, reasons = ?self.proto.state.pins.reasons(), "client pinned to its server");
+            } else {
+                self.login.pool.unpin();
+                tracing::debug!(pool = %self.login.pool.name, "client unpinned");
+            }
+            self.counted_pin = pinned;
+        }
+    }
+
     async fn release(&mut self) {
         let tainted = self.cancel.slot.detach().await;
         for g in self.proto.invalidated.drain(..) {
@@ -260,8 +289,11 @@ impl<'a> Session<'a> {
         let tainted = self.cancel.slot.detach().await;
         server.prepared.release();
         let quiet = self.proto.quiet();
-        let mut clean = quiet && !tainted && server.rollback_if_needed().await;
-        if clean && self.login.mode == PoolMode::Session {
+        let pins = &self.proto.state.pins;
+        let mut clean = quiet && !tainted && !pins.poisons_server() && server.rollback_if_needed().await;
+        // Session state (session mode, or a pinned client in transaction mode) is wiped before
+        // anyone else gets the server.
+        if clean && (self.login.mode == PoolMode::Session || pins.any()) {
             clean = matches!(server.run_control("DISCARD ALL").await, Ok(None));
             server.applied.clear();
             server.prepared.clear();

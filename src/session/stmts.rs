@@ -19,6 +19,8 @@ pub struct StatementDef {
     pub global: Arc<str>,
     /// A complete Parse frame naming `global`.
     pub parse_frame: Bytes,
+    /// What executing it does to session state.
+    pub effects: Vec<crate::route::session_sql::Effect>,
 }
 
 /// A client's statements: its name → the shared definition.
@@ -237,8 +239,13 @@ mod tests {
 
     #[test]
     fn limits_and_duplicates() {
-        let def =
-            |g: &str| Arc::new(StatementDef { global: g.into(), parse_frame: parse_frame(g, b"select 1", b"\0\0") });
+        let def = |g: &str| {
+            Arc::new(StatementDef {
+                global: g.into(),
+                parse_frame: parse_frame(g, b"select 1", b"\0\0"),
+                effects: vec![],
+            })
+        };
         let mut c = ClientStatements::new(2, 1 << 20);
         c.define("a", def("g1")).unwrap();
         assert_eq!(c.define("a", def("g1")).unwrap_err().code.code(), "42P05");
