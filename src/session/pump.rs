@@ -643,6 +643,19 @@ impl super::relay::Session<'_> {
                 Err(e) => return Poll::Ready(Attached::Bad(e)),
                 Ok(need) => p.sneed = need,
             }
+            // Keep the pool's count of pinned clients current (a pinned client stays here).
+            let pinned = p.state.pins.any();
+            if pinned != self.counted_pin {
+                if pinned {
+                    self.login.pool.pin();
+                    tracing::debug!(pool = %self.login.pool.name, reasons = ?p.state.pins.reasons(), "client pinned");
+                } else {
+                    self.login.pool.unpin();
+                    tracing::debug!(pool = %self.login.pool.name, "client unpinned");
+                }
+                self.counted_pin = pinned;
+            }
+            p.may_pin = self.counted_pin || self.login.pool.may_pin();
             if server_eof {
                 server.broken = true;
                 return Poll::Ready(Attached::ServerGone);

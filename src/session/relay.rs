@@ -33,7 +33,7 @@ pub(super) struct Session<'a> {
     /// The client sent Terminate while attached: finish what it already sent, then leave.
     pub(super) terminating: bool,
     /// This session counts in its pool's pinned clients.
-    counted_pin: bool,
+    pub(super) counted_pin: bool,
 }
 
 impl Drop for Session<'_> {
@@ -98,9 +98,7 @@ impl<'a> Session<'a> {
                 }
             }
             self.proto.may_pin = self.counted_pin || self.login.pool.may_pin();
-            let outcome = poll_fn(|cx| self.poll_attached(cx)).await;
-            self.count_pin();
-            match outcome {
+            match poll_fn(|cx| self.poll_attached(cx)).await {
                 Attached::Release => self.release().await,
                 Attached::ClientGone | Attached::Terminate => return self.finish_server().await,
                 Attached::ServerGone => {
@@ -252,21 +250,6 @@ impl<'a> Session<'a> {
         self.cancel.slot.attach(server.cancel_key.clone());
         self.attach(server);
         Ok(())
-    }
-
-    /// Keeps the pool's count of pinned clients in step with this session's pins.
-    fn count_pin(&mut self) {
-        let pinned = self.proto.state.pins.any();
-        if pinned != self.counted_pin {
-            if pinned {
-                self.login.pool.pin();
-                tracing::debug!(pool = %self.login.pool.name, reasons = ?self.proto.state.pins.reasons(), "client pinned to its server");
-            } else {
-                self.login.pool.unpin();
-                tracing::debug!(pool = %self.login.pool.name, "client unpinned");
-            }
-            self.counted_pin = pinned;
-        }
     }
 
     async fn release(&mut self) {

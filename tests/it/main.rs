@@ -10,4 +10,5 @@ mod cli;
 mod pooling;
 mod prepared;
 mod protocol;
+mod session_state;
 mod tls;
