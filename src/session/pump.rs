@@ -472,6 +472,11 @@ impl Proto {
                 }
             }
             server.status = self.plan.status;
+            // Nothing in flight and no transaction open: no portal can depend on a statement
+            // any more, so all of them may be evicted again (this bounds a long pipeline).
+            if self.plan.quiet() && self.plan.status == b'I' {
+                server.prepared.release();
+            }
         }
     }
 

@@ -7,6 +7,7 @@ mod support;
 
 mod auth;
 mod cli;
+mod drivers;
 mod pooling;
 mod prepared;
 mod protocol;

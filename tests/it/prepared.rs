@@ -87,25 +87,46 @@ async fn duplicate_and_unknown_names_fail_like_postgres() {
     assert_eq!(tags, vec![b'3', b'1', b'2', b'D', b'C', b'Z']);
 }
 
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_distinct_statements_stay_bounded_and_correct() {
+async fn a_hundred_thousand_distinct_statements_stay_bounded_and_correct() {
     let pg = PgCluster::start(PgOptions::default());
     let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 2\n[prepared]\nserver_cache_size = 50\n")).await;
     let client = connect(proxy.local_addr(), "app", None, "postgres").await;
     let early = client.prepare("select 'early'::text").await.unwrap();
-    for i in 0..3000i32 {
-        // Each statement is dropped after use (tokio-postgres closes it), as drivers with a
-        // bounded statement cache do; the servers must never hold more than 50 each.
-        let st = client.prepare(&format!("select {i}::int4 + $1::int4")).await.unwrap();
-        let row = client.query_one(&st, &[&1i32]).await.unwrap();
-        assert_eq!(row.get::<_, i32>(0), i + 1);
-        if i % 500 == 0 {
+    let before = rss_bytes();
+    // 100,000 distinct statements, 25 in flight at a time (tokio-postgres pipelines them);
+    // each is closed after use, as drivers with a bounded statement cache do. A server holds
+    // at most its cache size plus what one pipeline has in flight, and early statements work.
+    for chunk in 0..4000i32 {
+        let futs = (0..25i32).map(|j| {
+            let client = &client;
+            async move {
+                let i = chunk * 25 + j;
+                let st = client.prepare(&format!("select {i}::int4 + $1::int4")).await.unwrap();
+                client.query_one(&st, &[&1i32]).await.unwrap().get::<_, i32>(0) == i + 1
+            }
+        });
+        assert!(futures_util::future::join_all(futs).await.into_iter().all(|ok| ok));
+        if chunk % 400 == 0 {
             let r = client.query_one(&early, &[]).await.unwrap();
             assert_eq!(r.get::<_, String>(0), "early", "an early statement is re-prepared transparently");
+            let on_server = scalar(&client, "select count(*) from pg_prepared_statements").await.unwrap();
+            assert!(on_server.parse::<usize>().unwrap() <= 50 + 25 + 1, "{on_server} statements on one server");
         }
     }
-    let on_server = scalar(&client, "select count(*) from pg_prepared_statements").await.unwrap();
-    assert!(on_server.parse::<usize>().unwrap() <= 51, "{on_server} statements on one server");
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(grown < 32 << 20, "memory grew by {grown} bytes over 100k statements");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
