@@ -136,3 +136,29 @@ async fn sql_level_prepare_execute_deallocate() {
     let err = a.simple_query("EXECUTE twice(1)").await.unwrap_err();
     assert_eq!(sqlstate(&err), "26000");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_all_unpins_every_kind_of_state() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, ONE_SERVER).await;
+    let a = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let b = std::sync::Arc::new(connect(proxy.local_addr(), "app", None, "postgres").await);
+    for state in [
+        "create temp table tt(x int)",
+        "listen some_channel",
+        "select pg_advisory_lock(99)",
+        "begin; declare hc cursor with hold for select 1; commit",
+        "prepare p1 as select 1",
+    ] {
+        a.simple_query(state).await.unwrap();
+        let b_query = tokio::spawn({
+            let b = b.clone();
+            async move { scalar(&b, "select 'b'").await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!b_query.is_finished(), "`{state}` must pin A's server");
+        a.simple_query("DISCARD ALL").await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), b_query).await.expect("unpinned by DISCARD ALL");
+        assert_eq!(r.unwrap().unwrap(), "b");
+    }
+}
