@@ -87,24 +87,13 @@ async fn duplicate_and_unknown_names_fail_like_postgres() {
     assert_eq!(tags, vec![b'3', b'1', b'2', b'D', b'C', b'Z']);
 }
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_distinct_statements_stay_bounded_and_correct() {
     let pg = PgCluster::start(PgOptions::default());
     let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 2\n[prepared]\nserver_cache_size = 50\n")).await;
     let client = connect(proxy.local_addr(), "app", None, "postgres").await;
     let early = client.prepare("select 'early'::text").await.unwrap();
-    let before = rss_bytes();
+    let before = crate::support::rss_bytes();
     // 100,000 distinct statements, 25 in flight at a time (tokio-postgres pipelines them);
     // each is closed after use, as drivers with a bounded statement cache do. A server holds
     // at most its cache size plus what one pipeline has in flight, and early statements work.
@@ -125,7 +114,7 @@ async fn a_hundred_thousand_distinct_statements_stay_bounded_and_correct() {
             assert!(on_server.parse::<usize>().unwrap() <= 50 + 25 + 1, "{on_server} statements on one server");
         }
     }
-    let grown = rss_bytes().saturating_sub(before);
+    let grown = crate::support::rss_bytes().saturating_sub(before);
     assert!(grown < 32 << 20, "memory grew by {grown} bytes over 100k statements");
 }
 

@@ -245,23 +245,12 @@ async fn silent_client_is_dropped_after_the_startup_timeout() {
     assert!(elapsed < std::time::Duration::from_secs(3), "closed after {elapsed:?}");
 }
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_stalls_its_server_not_the_proxy() {
     let pg = PgCluster::start(PgOptions::default());
     let proxy = start_proxy(&pg, TRUST).await;
     let addr = proxy.local_addr();
-    let before = rss_bytes();
+    let before = crate::support::rss_bytes();
     // About 3 GB of result that the client never reads.
     let sql = "select repeat('x', 1000) from generate_series(1, 3000000)";
     let reader = tokio::task::spawn_blocking(move || {
@@ -282,7 +271,7 @@ async fn a_client_that_stops_reading_stalls_its_server_not_the_proxy() {
     .await;
     assert!(blocked, "the server should be blocked writing to the proxy");
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let grown = rss_bytes().saturating_sub(before);
+    let grown = crate::support::rss_bytes().saturating_sub(before);
     assert!(grown < 64 << 20, "proxy memory grew by {grown} bytes");
     // The client leaves mid-result: its server connection is closed, not returned dirty.
     drop(reader);
@@ -315,14 +304,7 @@ async fn gssenc_declined_and_cancel_after_ssl_request() {
     let mut a = crate::raw::RawClient::login(addr, "app", "postgres");
     let (pid, secret) = a.key;
     a.query("select pg_sleep(8)");
-    let pg2 = &pg;
-    assert!(
-        crate::support::eventually(std::time::Duration::from_secs(5), || {
-            pg2.psql("postgres", "postgres", "select count(*) from pg_stat_activity where query = 'select pg_sleep(8)'")
-                == "1"
-        })
-        .await
-    );
+    crate::support::wait_until_running(&pg, "select pg_sleep(8)").await;
     tokio::task::spawn_blocking(move || {
         // libpq 17 style: SSLRequest first (answered 'N' here: no TLS configured), then the
         // CancelRequest on the same connection.

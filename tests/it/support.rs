@@ -127,3 +127,24 @@ pub async fn scalar(client: &tokio_postgres::Client, sql: &str) -> Result<String
 pub fn message(e: &tokio_postgres::Error) -> String {
     e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
 }
+
+/// Waits (up to 5 s) until `pg` shows exactly one session running `query`.
+pub async fn wait_until_running(pg: &crate::harness::pg::PgCluster, query: &str) {
+    let sql = format!("select count(*) from pg_stat_activity where query = '{}'", query.replace('\'', "''"));
+    assert!(
+        eventually(Duration::from_secs(5), || pg.psql("postgres", "postgres", &sql) == "1").await,
+        "`{query}` never started"
+    );
+}
+
+/// This process's resident memory (the in-process proxy included).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
