@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, ServerTls};
 use crate::net::tls;
+use crate::pool::topology::{self, MonitorLogin, Topology};
 use crate::pool::Pools;
 use crate::session::{self, auth::AuthSource, cancel::CancelRegistry, Context};
 use crate::wire::{PgError, SqlState};
@@ -27,6 +28,9 @@ pub enum AppError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
+
+/// Distinct statement shapes whose read/write classification is kept.
+const CLASSIFY_CACHE: usize = 10_000;
 
 /// A running proxy.
 pub struct Proxy {
@@ -52,7 +56,15 @@ impl Proxy {
             };
             server_tls.insert(name.clone(), connector);
         }
+        let mut topologies = HashMap::new();
+        for (name, c) in &config.clusters {
+            if !c.replicas.is_empty() {
+                topologies.insert(name.clone(), Arc::new(Topology::new(c, &config.routing)));
+            }
+        }
         let ctx = Arc::new(Context {
+            topologies,
+            classifier: std::sync::Mutex::new(crate::route::classify::ClassifyCache::new(CLASSIFY_CACHE)),
             auth: AuthSource::new(&config),
             config: config.clone(),
             pools: Pools::default(),
@@ -72,6 +84,10 @@ impl Proxy {
             tracing::info!(addr = %local, "listening");
             addrs.push(local);
             tasks.spawn(accept_loop(listener, ctx.clone(), limit.clone(), stop_rx.clone()));
+        }
+        for (name, top) in &ctx.topologies {
+            let cluster = config.clusters[name].clone();
+            tasks.spawn(topology::monitor(top.clone(), cluster, monitor_login(&config, name), stop_rx.clone()));
         }
         tasks.spawn(maintain(ctx.clone(), stop_rx));
         Ok(Proxy { addrs, stop, tasks, ctx })
@@ -109,6 +125,23 @@ impl Proxy {
         tracing::info!("shutting down");
         self.shutdown().await;
     }
+}
+
+/// The monitor's login: configured, else the upstream URL's user, else auth_query's, else
+/// `postgres` without a password.
+fn monitor_login(config: &Config, cluster: &str) -> MonitorLogin {
+    let r = &config.routing;
+    if let Some(u) = &r.monitor_user {
+        return MonitorLogin { user: u.clone(), password: r.monitor_password.clone() };
+    }
+    let primary = &config.clusters[cluster].primary;
+    if let Some(u) = &primary.user {
+        return MonitorLogin { user: u.clone(), password: primary.password.clone() };
+    }
+    if let Some(q) = &config.auth_query {
+        return MonitorLogin { user: q.user.clone(), password: q.password.clone() };
+    }
+    MonitorLogin { user: "postgres".into(), password: None }
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, limit: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {

@@ -173,6 +173,33 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
 }
 
+/// Whether the primary also serves reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrimaryReads {
+    /// Reads go only to replicas; with none usable they wait for one... and after the wait
+    /// timeout fail. (Reads inside write transactions still use the primary.)
+    Never,
+    /// Reads go to replicas; to the primary when no replica is usable.
+    Fallback,
+    /// The primary takes reads like one more replica.
+    Always,
+}
+
+/// Read/write splitting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routing {
+    pub primary_reads: PrimaryReads,
+    pub max_lag_bytes: u64,
+    pub max_lag_ms: u64,
+    pub read_your_writes: bool,
+    pub health_interval: Duration,
+    /// Functions that write (besides the built-in list): calls route to the primary.
+    pub write_functions: Vec<String>,
+    /// Who the lag monitor logs in as (default: the upstream URL's user, else auth_query's).
+    pub monitor_user: Option<String>,
+    pub monitor_password: Option<String>,
+}
+
 /// Named prepared statements in transaction mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PreparedSettings {
@@ -200,6 +227,7 @@ pub struct Config {
     pub clusters: BTreeMap<String, Cluster>,
     pub default_cluster: String,
     pub databases: BTreeMap<String, Database>,
+    pub routing: Routing,
 }
 
 impl Config {

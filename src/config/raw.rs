@@ -24,6 +24,22 @@ pub struct RawConfig {
     pub clusters: BTreeMap<String, RawCluster>,
     #[serde(default)]
     pub databases: BTreeMap<String, RawDatabase>,
+    #[serde(default)]
+    pub routing: RawRouting,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    pub primary_reads: Option<Spanned<String>>,
+    pub max_lag_bytes: Option<Spanned<u64>>,
+    pub max_lag_ms: Option<Spanned<u64>>,
+    pub read_your_writes: Option<bool>,
+    pub health_interval: Option<Spanned<DurationValue>>,
+    #[serde(default)]
+    pub write_functions: Vec<String>,
+    pub monitor_user: Option<Spanned<String>>,
+    pub monitor_password: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -331,7 +331,42 @@ impl Validator<'_> {
             None => None,
         };
 
+        let r = &raw.routing;
+        let routing = Routing {
+            primary_reads: match &r.primary_reads {
+                None => PrimaryReads::Fallback,
+                Some(v) => match v.get_ref().as_str() {
+                    "never" => PrimaryReads::Never,
+                    "fallback" => PrimaryReads::Fallback,
+                    "always" => PrimaryReads::Always,
+                    other => {
+                        return self.err(
+                            Some(v.span()),
+                            "routing.primary_reads",
+                            format!("unknown value \"{other}\": use never, fallback or always"),
+                        )
+                    }
+                },
+            },
+            max_lag_bytes: r.max_lag_bytes.as_ref().map(|v| *v.get_ref()).unwrap_or(16 << 20),
+            max_lag_ms: r.max_lag_ms.as_ref().map(|v| *v.get_ref()).unwrap_or(5_000),
+            read_your_writes: r.read_your_writes.unwrap_or(true),
+            health_interval: self.duration(
+                &r.health_interval,
+                "routing.health_interval",
+                Duration::from_millis(500),
+            )?,
+            write_functions: r.write_functions.iter().map(|f| f.to_ascii_lowercase()).collect(),
+            monitor_user: r.monitor_user.as_ref().map(|v| self.expand(v, "routing.monitor_user")).transpose()?,
+            monitor_password: r
+                .monitor_password
+                .as_ref()
+                .map(|v| self.expand(v, "routing.monitor_password"))
+                .transpose()?,
+        };
+
         Ok(Config {
+            routing,
             listen,
             auth,
             startup_timeout,

@@ -11,6 +11,8 @@ use deadpool::managed::{self, Metrics, PoolError, RecycleError, RecycleResult, T
 use thiserror::Error;
 
 use crate::config::PoolMode;
+
+pub mod topology;
 use crate::net::is_idle_and_open;
 use crate::server::{connect, ServerConn, ServerError, Target};
 use crate::wire::{PgError, SqlState};

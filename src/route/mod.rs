@@ -2,5 +2,6 @@
 //! state (`session_sql`). No I/O, no pools, no caches; later layers add the read/write split,
 //! cache and shard decisions here.
 
+pub mod classify;
 pub mod lexer;
 pub mod session_sql;

@@ -110,6 +110,16 @@ pub struct ServerConn {
     pub id: u64,
 }
 
+/// The first column of a DataRow body, as text (None for NULL or a malformed row).
+fn first_column(body: &[u8]) -> Option<String> {
+    if body.len() < 6 {
+        return None;
+    }
+    let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+    let data = body.get(6..6 + usize::try_from(len).ok()?)?;
+    Some(String::from_utf8_lossy(data).into_owned())
+}
+
 impl Drop for ServerConn {
     /// Says goodbye (Terminate) if the socket takes it without waiting, so the server logs a
     /// clean disconnect rather than a lost connection.
@@ -185,6 +195,41 @@ impl ServerConn {
                 }
                 tag::PARAMETER_STATUS => self.record_parameter(&body),
                 _ => {}
+            }
+        }
+    }
+
+    /// Runs a query of the proxy's own and returns the first column of its first row as text.
+    pub async fn query_text(&mut self, sql: &str) -> Result<Option<String>, ServerError> {
+        let work = async {
+            let mut out = BytesMut::new();
+            put_query(&mut out, sql);
+            self.stream.write_all(&out).await?;
+            self.stream.flush().await?;
+            let mut value = None;
+            loop {
+                let (t, body) = self.read_frame().await?;
+                match t {
+                    tag::DATA_ROW if value.is_none() => value = first_column(&body),
+                    tag::READY_FOR_QUERY => {
+                        self.status = body.first().copied().unwrap_or(b'I');
+                        return Ok(value);
+                    }
+                    tag::PARAMETER_STATUS => self.record_parameter(&body),
+                    _ => {}
+                }
+            }
+        };
+        match tokio::time::timeout(CONTROL_TIMEOUT, work).await {
+            Ok(r) => {
+                if r.is_err() {
+                    self.broken = true;
+                }
+                r
+            }
+            Err(_) => {
+                self.broken = true;
+                Err(ServerError::Protocol(format!("no answer to the proxy's own query within {CONTROL_TIMEOUT:?}")))
             }
         }
     }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{ClientConn, Context, Login};
-use crate::config::{ClientTlsMode, ServerTls};
+use crate::config::{ClientTlsMode, PoolMode, ServerTls};
 use crate::net::Stream;
 use crate::pool::{Manager, ServerPool};
 use crate::server::Target;
@@ -165,35 +165,79 @@ pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMe
     let user_cfg = ctx.config.user(&user);
     let size = user_cfg.and_then(|u| u.pool_size).or(route.and_then(|r| r.pool_size)).unwrap_or(ctx.config.pool.size);
     let server_db = route.and_then(|r| r.dbname.clone()).unwrap_or_else(|| database.clone());
-    let server_user = outcome.server_user.clone();
+    let spec = PoolSpec {
+        cluster,
+        user: &user,
+        server_user: &outcome.server_user,
+        server_db: &server_db,
+        credentials: &outcome.credentials,
+        mode,
+        size: size as usize,
+    };
+    let pool = pool_for(ctx, &spec, &cluster.primary, database.clone())?;
+    let mut replicas = Vec::new();
+    if mode == PoolMode::Transaction {
+        for (i, ep) in cluster.replicas.iter().enumerate() {
+            replicas.push(pool_for(ctx, &spec, ep, format!("{database}@replica{i}"))?);
+        }
+    }
+    // The newest credentials win: a SCRAM pass-through login refreshes the pools' keys.
+    if outcome.refreshes_pool {
+        for p in std::iter::once(&pool).chain(&replicas) {
+            if let Ok(mut c) = p.target().credentials.lock() {
+                *c = outcome.credentials.clone();
+            }
+        }
+    }
+    let topology = ctx.topologies.get(&cluster.name).cloned().filter(|_| !replicas.is_empty());
+    Ok(Login { user, database, pool, replicas, topology, mode, settings })
+}
+
+/// What the pools of one login share.
+struct PoolSpec<'a> {
+    cluster: &'a crate::config::Cluster,
+    user: &'a str,
+    server_user: &'a str,
+    server_db: &'a str,
+    credentials: &'a crate::server::Credentials,
+    mode: PoolMode,
+    size: usize,
+}
+
+/// The pool for one member of the cluster, created on first use; `key` names it among pools.
+fn pool_for(
+    ctx: &Context,
+    spec: &PoolSpec<'_>,
+    ep: &crate::config::Endpoint,
+    key: String,
+) -> Result<Arc<ServerPool>, PgError> {
+    let cluster = spec.cluster;
     let tls = match cluster.tls {
         ServerTls::Disable => None,
         ServerTls::Verify(_) => {
             let connector = ctx.server_tls.get(&cluster.name).cloned().flatten();
-            let name = crate::net::tls::server_name(&cluster.primary.host).ok();
+            let name = crate::net::tls::server_name(&ep.host).ok();
             match (connector, name) {
                 (Some(c), Some(n)) => Some((c, n)),
                 // Never fall back to plaintext when TLS was asked for.
                 _ => {
                     return Err(PgError::fatal(
                         SqlState::CONNECTION_FAILURE,
-                        format!(
-                            "pgweir: TLS to cluster \"{}\" is not usable (host {})",
-                            cluster.name, cluster.primary.host
-                        ),
+                        format!("pgweir: TLS to cluster \"{}\" is not usable (host {})", cluster.name, ep.host),
                     ))
                 }
             }
         }
     };
-    let pool = ctx.pools.get_or_create(&database, &user, || {
+    let user = spec.user;
+    Ok(ctx.pools.get_or_create(&key, user, || {
         let p = &ctx.config.pool;
         let target = Target {
-            host: cluster.primary.host.clone(),
-            port: cluster.primary.port,
-            user: server_user.clone(),
-            dbname: server_db.clone(),
-            credentials: std::sync::Mutex::new(outcome.credentials.clone()),
+            host: ep.host.clone(),
+            port: ep.port,
+            user: spec.server_user.to_string(),
+            dbname: spec.server_db.to_string(),
+            credentials: std::sync::Mutex::new(spec.credentials.clone()),
             tls,
             connect_timeout: p.connect_timeout,
             next_id: Arc::clone(&ctx.next_server_id),
@@ -201,21 +245,14 @@ pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMe
         };
         let manager = Manager { target: Arc::new(target), lifetime: p.lifetime, defaults: Default::default() };
         ServerPool::new(
-            format!("{database}/{user}"),
-            mode,
-            size as usize,
+            format!("{key}/{user}"),
+            spec.mode,
+            spec.size,
             p.min_idle as usize,
             p.wait_timeout,
             p.idle_timeout,
             manager,
         )
-        .with_max_pinned(p.max_pinned.map(|n| n as usize).unwrap_or((size as usize / 2).max(1)))
-    });
-    // The newest credentials win: a SCRAM pass-through login refreshes the pool's keys.
-    if outcome.refreshes_pool {
-        if let Ok(mut c) = pool.target().credentials.lock() {
-            *c = outcome.credentials.clone();
-        }
-    }
-    Ok(Login { user, database, pool, mode, settings })
+        .with_max_pinned(p.max_pinned.map(|n| n as usize).unwrap_or((spec.size / 2).max(1)))
+    }))
 }

@@ -11,6 +11,7 @@ pub mod params;
 pub mod plan;
 mod pump;
 mod relay;
+mod routing;
 pub mod state;
 pub mod stmts;
 pub mod welcome;
@@ -40,6 +41,10 @@ pub struct Context {
     pub server_tls: HashMap<String, Option<tokio_rustls::TlsConnector>>,
     pub next_server_id: Arc<AtomicU64>,
     pub welcomes: welcome::WelcomeCache,
+    /// Monitored members per cluster with replicas.
+    pub topologies: HashMap<String, Arc<crate::pool::topology::Topology>>,
+    /// Read/write classifications by statement shape, shared by all sessions.
+    pub classifier: std::sync::Mutex<crate::route::classify::ClassifyCache>,
 }
 
 /// The client's socket with its read buffer and pending output.
@@ -100,6 +105,10 @@ pub struct Login {
     pub user: String,
     pub database: String,
     pub pool: Arc<crate::pool::ServerPool>,
+    /// Pools of the cluster's replicas (transaction mode), in the cluster's order.
+    pub replicas: Vec<Arc<crate::pool::ServerPool>>,
+    /// The cluster's members as monitored (set when there are replicas to route reads to).
+    pub topology: Option<Arc<crate::pool::topology::Topology>>,
     pub mode: PoolMode,
     /// Settings the client asked for at startup (parameters and `options`), in order.
     pub settings: Vec<(String, String)>,

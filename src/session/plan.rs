@@ -42,7 +42,8 @@ pub enum Unit {
         client: Option<String>,
     },
     Bind,
-    Close,
+    /// `global`: a server-side statement the proxy closes (eviction); None for the client's.
+    Close(Option<Arc<str>>),
     DescribeStatement,
     DescribePortal,
     /// With the session effects of the portal's statement, if any.
@@ -71,7 +72,7 @@ impl Unit {
         match self {
             Unit::Parse { .. } => t == b'1' || t == tag::ERROR_RESPONSE,
             Unit::Bind => t == b'2' || t == tag::ERROR_RESPONSE,
-            Unit::Close => t == b'3' || t == tag::ERROR_RESPONSE,
+            Unit::Close(_) => t == b'3' || t == tag::ERROR_RESPONSE,
             Unit::DescribeStatement | Unit::DescribePortal => matches!(t, b'T' | b'n' | tag::ERROR_RESPONSE),
             Unit::Execute(_) => matches!(t, b'C' | b'I' | b's' | tag::ERROR_RESPONSE),
             Unit::Sync | Unit::Query(_) | Unit::FunctionCall => t == tag::READY_FOR_QUERY,
@@ -96,6 +97,13 @@ enum Entry {
 pub enum Verdict {
     Forward,
     Swallow,
+}
+
+/// A message the server skipped after an error, whose bookkeeping must be undone.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dropped {
+    Parse { global: Arc<str>, client: Option<String> },
+    Close { global: Arc<str> },
 }
 
 /// Something the caller must act on after a server message.
@@ -123,6 +131,11 @@ pub struct Plan {
     /// Statements that completed with session effects: (effects, CommandComplete tag). The
     /// caller drains this after each server message.
     pub completed: Vec<(Vec<Effect>, String)>,
+    /// Skipped messages whose bookkeeping the caller must undo (drained like `completed`).
+    pub dropped: Vec<Dropped>,
+    /// Client messages were queued since its last Sync/Query/FunctionCall (an open extended
+    /// batch, e.g. ended by Flush): the server must stay with this client.
+    open_batch: bool,
 }
 
 impl Plan {
@@ -132,6 +145,7 @@ impl Plan {
     }
 
     pub fn client(&mut self, unit: Unit) {
+        self.open_batch = !unit.is_boundary();
         self.q.push_back(Entry::Client(unit));
     }
 
@@ -150,7 +164,12 @@ impl Plan {
 
     /// Nothing is owed, the last ReadyForQuery said idle, and no COPY is open.
     pub fn idle(&self) -> bool {
-        self.q.is_empty() && self.rfq_seen && self.status == b'I' && !self.copy_in
+        self.q.is_empty() && self.rfq_seen && self.status == b'I' && !self.copy_in && !self.open_batch
+    }
+
+    /// The client is in the middle of an extended batch (messages since its last Sync).
+    pub fn batch_open(&self) -> bool {
+        self.open_batch
     }
 
     /// Nothing is owed by the server (it may be inside a transaction block).
@@ -235,7 +254,14 @@ impl Plan {
                     if matches!(front, Entry::Client(Unit::Sync) | Entry::Injected(Unit::Sync)) {
                         break;
                     }
-                    self.q.pop_front();
+                    match self.q.pop_front() {
+                        Some(Entry::Client(Unit::Parse { global: Some(g), client }))
+                        | Some(Entry::Injected(Unit::Parse { global: Some(g), client })) => {
+                            self.dropped.push(Dropped::Parse { global: g, client })
+                        }
+                        Some(Entry::Injected(Unit::Close(Some(g)))) => self.dropped.push(Dropped::Close { global: g }),
+                        _ => {}
+                    }
                 }
             }
             // An error is never swallowed: for an injected message it stands for the client's.
@@ -283,7 +309,9 @@ impl Plan {
     /// started it (and before its CopyDone/CopyFail) reach the server in copy mode and are
     /// ignored there: they owe nothing.
     fn enter_copy_in(&mut self) {
-        self.copy_in = true;
+        // The client may already have ended the COPY (CopyDone queued behind the Execute).
+        let ended = self.q.iter().any(|e| matches!(e, Entry::CopyEnd));
+        self.copy_in = !ended;
         if !matches!(self.q.front(), Some(Entry::Client(Unit::Execute(_)))) {
             return;
         }

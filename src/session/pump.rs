@@ -14,7 +14,7 @@ use tokio::io::AsyncWrite;
 use tokio_util::io::poll_read_buf;
 
 use super::params::ClientParams;
-use super::plan::{Event, Plan, QueryFx, Unit, Verdict};
+use super::plan::{Dropped, Event, Plan, QueryFx, Unit, Verdict};
 use super::state::{pins_for, ServerSide, SessionState};
 use super::stmts::{self, ClientStatements, StatementDef};
 use crate::route::session_sql::{effects, query_effects, Effect};
@@ -68,9 +68,13 @@ pub struct Proto {
     pub state: SessionState,
     /// Effects of the unnamed statement and of bound portals, for Execute.
     unnamed_fx: Vec<Effect>,
+    /// The unnamed statement may run on a replica.
+    pub unnamed_read: bool,
     portal_fx: Vec<(String, Vec<Effect>)>,
     /// May this session become pinned now? (the pool's cap on pinned clients)
     pub may_pin: bool,
+    /// A request that may write ran on the attached server (read-your-writes).
+    pub wrote: bool,
 }
 
 impl Proto {
@@ -91,8 +95,10 @@ impl Proto {
             invalidated: Vec::new(),
             state: SessionState::default(),
             unnamed_fx: Vec::new(),
+            unnamed_read: false,
             portal_fx: Vec::new(),
             may_pin: true,
+            wrote: false,
         }
     }
 
@@ -134,6 +140,7 @@ impl Proto {
         server: &mut ServerConn,
         params: &ClientParams,
         to_client: &mut BytesMut,
+        split: Option<&super::Context>,
     ) -> Result<Option<usize>, PgError> {
         loop {
             if self.to_server.len() >= HIGH_WATER {
@@ -147,17 +154,20 @@ impl Proto {
                     }
                 }
             }
-            match self.csplit.next(rbuf, client_streamable).map_err(protocol)? {
+            let rewrite = self.rewrite;
+            // In transaction mode a Query is read whole: its session effects are in its text.
+            let streamable = |t: u8| client_streamable(t) && !(rewrite && t == tag::QUERY);
+            match self.csplit.next(rbuf, streamable).map_err(protocol)? {
                 Step::Need(n) => return Ok(Some(n)),
                 Step::Whole(h) => {
                     if h.tag == tag::TERMINATE {
                         return Ok(None);
                     }
-                    self.client_message(h.tag, &rbuf[..h.total], h.total, server, params);
+                    self.client_message(h.tag, &rbuf[..h.total], h.total, server, params, split);
                     rbuf.advance(h.total);
                 }
                 Step::Partial { head: Some(h), n } => {
-                    self.client_message(h.tag, &rbuf[..n], h.total, server, params);
+                    self.client_message(h.tag, &rbuf[..n], h.total, server, params, split);
                     rbuf.advance(n);
                 }
                 Step::Partial { head: None, n } => {
@@ -167,12 +177,23 @@ impl Proto {
                     rbuf.advance(n);
                 }
             }
-            self.plan.emit_ready(to_client);
+            // Never inside a server message being streamed through.
+            if !self.ssplit.mid_frame() {
+                self.plan.emit_ready(to_client);
+            }
         }
     }
 
     /// One client message (`frame` is all of it, or its first piece when it is streamed).
-    fn client_message(&mut self, t: u8, frame: &[u8], total: usize, server: &mut ServerConn, params: &ClientParams) {
+    fn client_message(
+        &mut self,
+        t: u8,
+        frame: &[u8],
+        total: usize,
+        server: &mut ServerConn,
+        params: &ClientParams,
+        split: Option<&super::Context>,
+    ) {
         if self.client_skip {
             if t == tag::SYNC {
                 self.client_skip = false;
@@ -228,7 +249,7 @@ impl Proto {
                 forward(self, None);
                 self.plan.copy_end();
             }
-            tag::PARSE if self.rewrite => self.client_parse(frame, body, server, params),
+            tag::PARSE if self.rewrite => self.client_parse(frame, body, server, params, split),
             tag::PARSE => forward(self, Some(Unit::Parse { global: None, client: None })),
             tag::BIND if self.rewrite => self.client_bind(frame, body, total, server),
             tag::BIND => forward(self, Some(Unit::Bind)),
@@ -247,14 +268,14 @@ impl Proto {
                 }
                 Some((kind, _)) => {
                     let unit = match (t, kind) {
-                        (tag::CLOSE, _) => Unit::Close,
+                        (tag::CLOSE, _) => Unit::Close(None),
                         (_, b'S') => Unit::DescribeStatement,
                         _ => Unit::DescribePortal,
                     };
                     forward(self, Some(unit));
                 }
                 // Malformed: let the server say so, in order.
-                None => forward(self, Some(if t == tag::CLOSE { Unit::Close } else { Unit::DescribePortal })),
+                None => forward(self, Some(if t == tag::CLOSE { Unit::Close(None) } else { Unit::DescribePortal })),
             },
             _ => forward(self, None),
         }
@@ -265,7 +286,12 @@ impl Proto {
     /// prepared on a server at first use. This keeps a client that prepares synchronously from
     /// waiting for a server while its own siblings hold them all (pgbench's threads do exactly
     /// that). The price: a statement with an error is reported at its first use, not here.
-    pub fn prepare_locally(&mut self, client: &mut super::ClientConn, params: &ClientParams) -> bool {
+    pub fn prepare_locally(
+        &mut self,
+        client: &mut super::ClientConn,
+        params: &ClientParams,
+        split: Option<&super::Context>,
+    ) -> bool {
         let buf = &client.rbuf;
         let mut at = 0;
         let mut parses = Vec::new();
@@ -289,10 +315,12 @@ impl Proto {
             let body = &buf[range.start + 5..range.end];
             let Some(p) = stmts::parse_parse(body) else { return false };
             let global = stmts::global_name(p.query, p.types, params.get("search_path").unwrap_or(""));
+            let text = String::from_utf8_lossy(p.query);
             let def = Arc::new(StatementDef {
                 parse_frame: stmts::parse_frame(&global, p.query, p.types),
                 global,
-                effects: effects(&String::from_utf8_lossy(p.query)),
+                effects: effects(&text),
+                read: split.is_some_and(|ctx| super::routing::is_read(ctx, &text)),
             });
             match self.stmts.define(p.name, def) {
                 Ok(()) => client.wbuf.extend_from_slice(stmts::PARSE_COMPLETE),
@@ -308,15 +336,25 @@ impl Proto {
         true
     }
 
-    fn client_parse(&mut self, frame: &[u8], body: &[u8], server: &mut ServerConn, params: &ClientParams) {
+    fn client_parse(
+        &mut self,
+        frame: &[u8],
+        body: &[u8],
+        server: &mut ServerConn,
+        params: &ClientParams,
+        split: Option<&super::Context>,
+    ) {
         let Some(p) = stmts::parse_parse(body) else {
             self.plan.client(Unit::Parse { global: None, client: None });
             self.to_server.extend_from_slice(frame);
             return;
         };
-        let fx = effects(&String::from_utf8_lossy(p.query));
+        let text = String::from_utf8_lossy(p.query);
+        let fx = effects(&text);
+        let read = split.is_some_and(|ctx| super::routing::is_read(ctx, &text));
         if p.name.is_empty() {
             self.unnamed_fx = fx;
+            self.unnamed_read = read;
             self.plan.client(Unit::Parse { global: None, client: None });
             self.to_server.extend_from_slice(frame);
             return;
@@ -326,6 +364,7 @@ impl Proto {
             parse_frame: stmts::parse_frame(&global, p.query, p.types),
             global: global.clone(),
             effects: fx,
+            read,
         });
         let name = p.name.to_string();
         if let Err(e) = self.stmts.define(&name, def.clone()) {
@@ -407,9 +446,9 @@ impl Proto {
         }
     }
 
-    pub fn close_on_server(&mut self, global: &str) {
+    pub fn close_on_server(&mut self, global: &Arc<str>) {
         self.to_server.extend_from_slice(&stmts::close_statement_frame(global));
-        self.plan.injected(Unit::Close);
+        self.plan.injected(Unit::Close(Some(global.clone())));
     }
 
     /// Moves server frames to the client's output, swallowing answers to injected messages and
@@ -442,6 +481,11 @@ impl Proto {
                         _ => {}
                     }
                     let (verdict, event) = self.plan.on_server(h.tag, body, out);
+                    // Completed statements first: a COMMIT's effects precede its ReadyForQuery.
+                    for (fx, tag) in std::mem::take(&mut self.plan.completed) {
+                        let mut side = ServerSide { applied: &mut server.applied, prepared: &mut server.prepared };
+                        self.state.completed(&fx, &tag, params, &mut self.stmts, &mut side);
+                    }
                     match event {
                         Event::ParseFailed { global, client } => {
                             server.prepared.remove(&global);
@@ -449,12 +493,31 @@ impl Proto {
                                 self.stmts.remove_if(&c, &global);
                             }
                         }
-                        Event::Ready(status) => self.state.ready(status),
+                        Event::Ready(status) => {
+                            self.state.ready(status);
+                            // No transaction open and no batch half-sent: no portal can depend
+                            // on a statement any more. Statements bound by requests already
+                            // forwarded are used before any Close queued from now on (the
+                            // server reads in order), so all may be evicted again: this bounds
+                            // the cache under an endless pipeline.
+                            if status == b'I' && !self.plan.batch_open() {
+                                server.prepared.release();
+                            }
+                        }
                         Event::None => {}
                     }
-                    for (fx, tag) in std::mem::take(&mut self.plan.completed) {
-                        let mut side = ServerSide { applied: &mut server.applied, prepared: &mut server.prepared };
-                        self.state.completed(&fx, &tag, params, &mut self.stmts, &mut side);
+                    // Messages the server skipped after an error: their cache changes are undone.
+                    for d in std::mem::take(&mut self.plan.dropped) {
+                        match d {
+                            Dropped::Parse { global, client } => {
+                                server.prepared.remove(&global);
+                                if let Some(c) = client {
+                                    self.stmts.remove_if(&c, &global);
+                                }
+                            }
+                            // The eviction did not happen: close it again, after the Sync.
+                            Dropped::Close { global } => self.close_on_server(&global),
+                        }
                     }
                     if verdict == Verdict::Forward {
                         out.extend_from_slice(&frame);
@@ -472,11 +535,6 @@ impl Proto {
                 }
             }
             server.status = self.plan.status;
-            // Nothing in flight and no transaction open: no portal can depend on a statement
-            // any more, so all of them may be evicted again (this bounds a long pipeline).
-            if self.plan.quiet() && self.plan.status == b'I' {
-                server.prepared.release();
-            }
         }
     }
 
@@ -620,7 +678,8 @@ impl super::relay::Session<'_> {
                         Poll::Pending => {}
                     }
                 }
-                match p.forward_client(&mut self.client.rbuf, server, &self.params, &mut self.client.wbuf) {
+                let split = self.login.topology.as_ref().map(|_| self.ctx);
+                match p.forward_client(&mut self.client.rbuf, server, &self.params, &mut self.client.wbuf, split) {
                     Err(e) => return Poll::Ready(Attached::Bad(e)),
                     Ok(None) => {
                         self.terminating = true;
@@ -677,6 +736,7 @@ impl super::relay::Session<'_> {
 
             if self.login.mode == crate::config::PoolMode::Transaction
                 && !p.state.pins.any()
+                && !p.client_skip
                 && p.plan.idle()
                 && p.to_server.is_empty()
                 && !self.sflush

@@ -9,14 +9,16 @@ use std::future::poll_fn;
 use super::cancel::CancelGuard;
 use super::params::ClientParams;
 use super::pump::{protocol, Attached, Idle, Proto};
+use super::routing::Member;
 use super::stmts::ClientStatements;
 use super::welcome::{Welcome, WelcomeKey};
 use super::{ClientConn, Context, Login};
 use crate::config::PoolMode;
-use crate::pool::{discard, Pooled};
+use crate::pool::{discard, Pooled, ServerPool};
 use crate::server::ClientFacing;
 use crate::wire::backend::{put_backend_key_data, put_parameter_status, put_ready_for_query};
 use crate::wire::{PgError, SqlState};
+use std::sync::Arc;
 
 pub(super) struct Session<'a> {
     pub(super) ctx: &'a Context,
@@ -34,12 +36,20 @@ pub(super) struct Session<'a> {
     pub(super) terminating: bool,
     /// This session counts in its pool's pinned clients.
     pub(super) counted_pin: bool,
+    /// The member and pool of the attached server.
+    member: Option<Member>,
+    current_pool: Option<Arc<ServerPool>>,
+    /// Read-your-writes: the primary's WAL position after this session's last write.
+    pub(super) min_lsn: u64,
 }
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
         if self.counted_pin {
             self.login.pool.unpin();
+        }
+        if let Some(m) = self.member.take() {
+            self.count_outstanding(m, -1);
         }
     }
 }
@@ -72,6 +82,9 @@ impl<'a> Session<'a> {
             skip_to_sync: false,
             terminating: false,
             counted_pin: false,
+            member: None,
+            current_pool: None,
+            min_lsn: 0,
         }
     }
 
@@ -85,10 +98,12 @@ impl<'a> Session<'a> {
             if self.server.is_none() {
                 match poll_fn(|cx| self.poll_idle(cx)).await {
                     Idle::Request => {
-                        if self.proto.rewrite && self.proto.prepare_locally(&mut self.client, &self.params) {
+                        let split = self.login.topology.as_ref().map(|_| self.ctx);
+                        if self.proto.rewrite && self.proto.prepare_locally(&mut self.client, &self.params, split) {
                             continue;
                         }
-                        if let Err(e) = self.acquire().await {
+                        let member = self.choose_member();
+                        if let Err(e) = self.acquire(member).await {
                             self.refuse_request(e);
                             continue;
                         }
@@ -102,6 +117,7 @@ impl<'a> Session<'a> {
                 Attached::Release => self.release().await,
                 Attached::ClientGone | Attached::Terminate => return self.finish_server().await,
                 Attached::ServerGone => {
+                    self.detach_member();
                     if let Some(s) = self.server.take() {
                         discard(s);
                     }
@@ -118,6 +134,7 @@ impl<'a> Session<'a> {
                     return;
                 }
                 Attached::Bad(e) => {
+                    self.detach_member();
                     if let Some(s) = self.server.take() {
                         discard(s);
                     }
@@ -149,7 +166,8 @@ impl<'a> Session<'a> {
                 report.sort();
                 if self.login.mode == PoolMode::Session {
                     self.cancel.slot.attach(server.cancel_key.clone());
-                    self.attach(server);
+                    let pool = self.login.pool.clone();
+                    self.attach(server, pool, Member::Primary);
                 } else {
                     self.ctx.welcomes.put(key, Welcome { report: report.clone(), client: self.params.clone() });
                 }
@@ -200,11 +218,14 @@ impl<'a> Session<'a> {
         Ok(server)
     }
 
-    fn attach(&mut self, mut server: Pooled) {
+    fn attach(&mut self, mut server: Pooled, pool: Arc<ServerPool>, member: Member) {
         self.proto.attach(server.status);
         self.sflush = false;
+        self.count_outstanding(member, 1);
+        self.member = Some(member);
         // Statements another session found stale: close them here before anything else runs.
-        let (stale, epoch) = self.login.pool.stale_since(server.prepared.epoch);
+        let (stale, epoch) = pool.stale_since(server.prepared.epoch);
+        self.current_pool = Some(pool);
         server.prepared.epoch = epoch;
         for g in stale {
             if server.prepared.contains(&g) {
@@ -217,8 +238,11 @@ impl<'a> Session<'a> {
 
     /// Checks a server out for the request at the front of the client's buffer (or gives up
     /// when the client cancels or the wait times out) and brings its settings in line.
-    async fn acquire(&mut self) -> Result<(), PgError> {
-        let pool = self.login.pool.clone();
+    async fn acquire(&mut self, member: Member) -> Result<(), PgError> {
+        let pool = match member {
+            Member::Primary => self.login.pool.clone(),
+            Member::Replica(i) => self.login.replicas[i].clone(),
+        };
         let slot = self.cancel.slot.clone();
         let mut server = {
             let notified = slot.queued.notified();
@@ -248,15 +272,28 @@ impl<'a> Session<'a> {
             }
         }
         self.cancel.slot.attach(server.cancel_key.clone());
-        self.attach(server);
+        self.attach(server, pool, member);
         Ok(())
     }
 
-    async fn release(&mut self) {
-        let tainted = self.cancel.slot.detach().await;
-        for g in self.proto.invalidated.drain(..) {
-            self.login.pool.invalidate(g);
+    /// Leaves the current member: load count, and the pool that invalidated statements go to.
+    fn detach_member(&mut self) {
+        if let Some(m) = self.member.take() {
+            self.count_outstanding(m, -1);
         }
+        let pool = self.current_pool.take().unwrap_or_else(|| self.login.pool.clone());
+        for g in self.proto.invalidated.drain(..) {
+            pool.invalidate(g);
+        }
+    }
+
+    async fn release(&mut self) {
+        if self.member == Some(Member::Primary) && self.proto.wrote {
+            self.record_write_position().await;
+        }
+        self.proto.wrote = false;
+        let tainted = self.cancel.slot.detach().await;
+        self.detach_member();
         if let Some(mut server) = self.server.take() {
             server.prepared.release();
             if tainted {
@@ -268,6 +305,7 @@ impl<'a> Session<'a> {
 
     /// The client left while holding a server: make the server clean or close it.
     async fn finish_server(&mut self) {
+        self.detach_member();
         let Some(mut server) = self.server.take() else { return };
         let tainted = self.cancel.slot.detach().await;
         server.prepared.release();

@@ -189,8 +189,10 @@ impl SessionState {
             }
             Effect::CloseAllCursors => pins.cursors.clear(),
             Effect::Load => pins.load = true,
+            // A call may take one lock per row, or none (pg_try_*): only unlock_all (or DISCARD
+            // ALL) is known to release them all.
             Effect::AdvisoryLock => pins.advisory += 1,
-            Effect::AdvisoryUnlock => pins.advisory = pins.advisory.saturating_sub(1),
+            Effect::AdvisoryUnlock => {}
             Effect::AdvisoryUnlockAll => pins.advisory = 0,
             Effect::SequenceState => pins.sequence = true,
             Effect::Unreplayable => pins.unreplayable = true,
@@ -203,7 +205,7 @@ impl SessionState {
                 // COMMIT of a failed transaction completes with the tag ROLLBACK.
                 if tag.starts_with("COMMIT") {
                     for p in std::mem::take(&mut self.pending) {
-                        apply_setting(p, params);
+                        apply_setting(p, params, server.applied);
                     }
                     self.pins_at_begin = None;
                 }
@@ -231,18 +233,23 @@ impl SessionState {
     }
 
     fn setting(&mut self, p: Pending, params: &mut ClientParams, server: &mut ServerSide<'_>) {
-        match &p {
-            Pending::Set(name, v) => record_applied(server.applied, name, v),
-            Pending::Reset(name) => {
-                server.applied.remove(&name.to_ascii_lowercase());
-            }
-            Pending::ResetAll => server.applied.clear(),
-            Pending::Savepoint(_) => {}
-        }
         if self.in_block {
+            // Until the block's outcome is known the server's value is unknown: a sync will
+            // SET or RESET these names whatever happens.
+            match &p {
+                Pending::Set(name, _) | Pending::Reset(name) => {
+                    server.applied.insert(name.to_ascii_lowercase(), UNKNOWN.to_string());
+                }
+                Pending::ResetAll => {
+                    for v in server.applied.values_mut() {
+                        *v = UNKNOWN.to_string();
+                    }
+                }
+                Pending::Savepoint(_) => {}
+            }
             self.pending.push(p);
         } else {
-            apply_setting(p, params);
+            apply_setting(p, params, server.applied);
         }
     }
 
@@ -269,11 +276,24 @@ impl SessionState {
     }
 }
 
-fn apply_setting(p: Pending, params: &mut ClientParams) {
+/// An `applied` value that matches nothing: the server's setting is not known.
+const UNKNOWN: &str = "?";
+
+/// A setting change took effect on the server (and for the client).
+fn apply_setting(p: Pending, params: &mut ClientParams, applied: &mut HashMap<String, String>) {
     match p {
-        Pending::Set(name, v) => params.set(&name, v),
-        Pending::Reset(name) => params.reset(&name),
-        Pending::ResetAll => params.reset_all(),
+        Pending::Set(name, v) => {
+            record_applied(applied, &name, &v);
+            params.set(&name, v);
+        }
+        Pending::Reset(name) => {
+            applied.remove(&name.to_ascii_lowercase());
+            params.reset(&name);
+        }
+        Pending::ResetAll => {
+            applied.clear();
+            params.reset_all();
+        }
         Pending::Savepoint(_) => {}
     }
 }
@@ -336,6 +356,18 @@ mod tests {
     }
 
     #[test]
+    fn a_rolled_back_change_leaves_the_server_value_unknown() {
+        let mut f = Fixture::new();
+        f.run("SET app.tenant = '7'", "SET");
+        f.run("BEGIN", "BEGIN");
+        f.run("RESET app.tenant", "RESET");
+        f.run("ROLLBACK", "ROLLBACK");
+        // The server still has 7: the next sync must not trust a missing entry.
+        assert_eq!(f.applied.get("app.tenant").map(String::as_str), Some("?"));
+        assert_eq!(f.params.get("app.tenant"), Some("'7'"));
+    }
+
+    #[test]
     fn savepoints() {
         let mut f = Fixture::new();
         f.run("BEGIN", "BEGIN");
@@ -364,6 +396,8 @@ mod tests {
         assert_eq!(f.st.pins.reasons(), vec!["listen", "advisory_lock"]);
         f.run("UNLISTEN *", "UNLISTEN");
         f.run("SELECT pg_advisory_unlock(1)", "SELECT 1");
+        assert!(f.st.pins.any(), "one unlock may not release every lock taken");
+        f.run("SELECT pg_advisory_unlock_all()", "SELECT 1");
         assert!(!f.st.pins.any());
         f.run("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "DECLARE CURSOR");
         f.run("SET ROLE app", "SET");

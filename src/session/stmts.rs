@@ -21,6 +21,8 @@ pub struct StatementDef {
     pub parse_frame: Bytes,
     /// What executing it does to session state.
     pub effects: Vec<crate::route::session_sql::Effect>,
+    /// It may run on a replica.
+    pub read: bool,
 }
 
 /// A client's statements: its name → the shared definition.
@@ -244,6 +246,7 @@ mod tests {
                 global: g.into(),
                 parse_frame: parse_frame(g, b"select 1", b"\0\0"),
                 effects: vec![],
+                read: false,
             })
         };
         let mut c = ClientStatements::new(2, 1 << 20);

@@ -1,0 +1,236 @@
+//! What the proxy knows about a cluster's members: the primary's WAL position, each replica's
+//! replay position, lag and health, and the requests outstanding on each (for
+//! least-outstanding balancing). A monitor task polls the members; sessions read the result
+//! through atomics and pick a replica. Positions are compared as LSNs: a replay timestamp alone
+//! grows forever on an idle primary.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Cluster, Endpoint, PrimaryReads, Routing};
+
+/// Parses "16/B374D848" into a 64-bit position.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// One replica as last seen by the monitor.
+#[derive(Debug, Default)]
+pub struct ReplicaState {
+    pub replay_lsn: AtomicU64,
+    pub lag_ms: AtomicU64,
+    pub healthy: AtomicBool,
+    /// Requests currently running on it through this proxy.
+    pub outstanding: AtomicUsize,
+}
+
+/// A cluster's members as the monitor last saw them.
+#[derive(Debug)]
+pub struct Topology {
+    pub cluster: String,
+    pub primary_lsn: AtomicU64,
+    pub replicas: Vec<ReplicaState>,
+    pub primary_outstanding: AtomicUsize,
+    routing: Routing,
+}
+
+/// Where a read goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Primary,
+    Replica(usize),
+    /// primary_reads = never and no replica is usable.
+    Nowhere,
+}
+
+impl Topology {
+    pub fn new(cluster: &Cluster, routing: &Routing) -> Topology {
+        Topology {
+            cluster: cluster.name.clone(),
+            primary_lsn: AtomicU64::new(0),
+            replicas: cluster.replicas.iter().map(|_| ReplicaState::default()).collect(),
+            primary_outstanding: AtomicUsize::new(0),
+            routing: routing.clone(),
+        }
+    }
+
+    /// Is replica `i` healthy, within the lag bounds, and past `min_lsn` (read-your-writes)?
+    pub fn usable(&self, i: usize, min_lsn: u64) -> bool {
+        let r = &self.replicas[i];
+        if !r.healthy.load(Ordering::Relaxed) {
+            return false;
+        }
+        let replay = r.replay_lsn.load(Ordering::Relaxed);
+        let primary = self.primary_lsn.load(Ordering::Relaxed);
+        replay >= min_lsn
+            && primary.saturating_sub(replay) <= self.routing.max_lag_bytes
+            && r.lag_ms.load(Ordering::Relaxed) <= self.routing.max_lag_ms
+    }
+
+    /// The member a read should use: the usable replica with the fewest requests outstanding
+    /// (the primary counts as one more member when primary_reads = always).
+    pub fn pick_read(&self, min_lsn: u64) -> Target {
+        let mut best: Option<(usize, usize)> = None;
+        for i in 0..self.replicas.len() {
+            if self.usable(i, min_lsn) {
+                let load = self.replicas[i].outstanding.load(Ordering::Relaxed);
+                if best.is_none_or(|(_, l)| load < l) {
+                    best = Some((i, load));
+                }
+            }
+        }
+        match (best, self.routing.primary_reads) {
+            (Some((_, load)), PrimaryReads::Always) if self.primary_outstanding.load(Ordering::Relaxed) < load => {
+                Target::Primary
+            }
+            (Some((i, _)), _) => Target::Replica(i),
+            (None, PrimaryReads::Never) => Target::Nowhere,
+            (None, _) => Target::Primary,
+        }
+    }
+}
+
+/// Who the monitor logs in as.
+#[derive(Clone, Debug)]
+pub struct MonitorLogin {
+    pub user: String,
+    pub password: Option<String>,
+}
+
+async fn query_member(
+    ep: &Endpoint,
+    login: &MonitorLogin,
+    sql: &str,
+    timeout: Duration,
+) -> Option<tokio_postgres::Row> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&ep.host).port(ep.port).user(&login.user).dbname("postgres").application_name("pgweir monitor");
+    cfg.connect_timeout(timeout);
+    if let Some(p) = &login.password {
+        cfg.password(p);
+    }
+    let work = async {
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.ok()?;
+        let task = tokio::spawn(conn);
+        let row = client.query_one(sql, &[]).await.ok();
+        drop(client);
+        let _ = task.await;
+        row
+    };
+    tokio::time::timeout(timeout, work).await.ok().flatten()
+}
+
+/// Polls the primary's WAL position and each replica's replay position every
+/// `health_interval`, until `stop` fires.
+pub async fn monitor(
+    top: Arc<Topology>,
+    cluster: Cluster,
+    login: MonitorLogin,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let every = top.routing.health_interval;
+    let timeout = every.max(Duration::from_millis(500)) * 2;
+    loop {
+        if let Some(row) = query_member(&cluster.primary, &login, "select pg_current_wal_lsn()::text", timeout).await {
+            if let Some(lsn) = row.try_get::<_, String>(0).ok().and_then(|s| parse_lsn(&s)) {
+                top.primary_lsn.store(lsn, Ordering::Relaxed);
+            }
+        }
+        for (i, ep) in cluster.replicas.iter().enumerate() {
+            let sql = "select pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn(), '0/0')::text, \
+                       coalesce((extract(epoch from now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0)";
+            let state = &top.replicas[i];
+            match query_member(ep, &login, sql, timeout).await {
+                Some(row) => {
+                    let in_recovery: bool = row.try_get(0).unwrap_or(false);
+                    let replay = row.try_get::<_, String>(1).ok().and_then(|s| parse_lsn(&s)).unwrap_or(0);
+                    let since_replay: i64 = row.try_get(2).unwrap_or(0);
+                    let primary = top.primary_lsn.load(Ordering::Relaxed);
+                    // Caught up means no lag, however long ago the last transaction replayed.
+                    let lag_ms = if replay >= primary { 0 } else { since_replay.max(0) as u64 };
+                    state.replay_lsn.store(replay, Ordering::Relaxed);
+                    state.lag_ms.store(lag_ms, Ordering::Relaxed);
+                    if !in_recovery {
+                        tracing::warn!(cluster = %top.cluster, replica = %ep.addr(), "replica is not in recovery; not routing reads to it");
+                    }
+                    state.healthy.store(in_recovery, Ordering::Relaxed);
+                }
+                None => {
+                    if state.healthy.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(cluster = %top.cluster, replica = %ep.addr(), "replica unreachable; reads go elsewhere");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo(n: usize, primary_reads: PrimaryReads) -> Topology {
+        let ep = Endpoint::parse("postgres://h:1").unwrap();
+        let cluster = crate::config::Cluster {
+            name: "c".into(),
+            primary: ep.clone(),
+            replicas: vec![ep; n],
+            tls: crate::config::ServerTls::Disable,
+            ca_file: None,
+        };
+        let routing = Routing {
+            primary_reads,
+            max_lag_bytes: 1000,
+            max_lag_ms: 1000,
+            read_your_writes: true,
+            health_interval: Duration::from_millis(100),
+            write_functions: vec![],
+            monitor_user: None,
+            monitor_password: None,
+        };
+        Topology::new(&cluster, &routing)
+    }
+
+    #[test]
+    fn lsns_round_trip() {
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(parse_lsn("nope"), None);
+    }
+
+    #[test]
+    fn picks_least_outstanding_usable_replica() {
+        let t = topo(2, PrimaryReads::Fallback);
+        assert_eq!(t.pick_read(0), Target::Primary, "no replica healthy yet");
+        for r in &t.replicas {
+            r.healthy.store(true, Ordering::Relaxed);
+        }
+        t.replicas[0].outstanding.store(3, Ordering::Relaxed);
+        assert_eq!(t.pick_read(0), Target::Replica(1));
+        // Read-your-writes: only replicas past the session's position.
+        t.primary_lsn.store(500, Ordering::Relaxed);
+        t.replicas[0].replay_lsn.store(500, Ordering::Relaxed);
+        t.replicas[1].replay_lsn.store(400, Ordering::Relaxed);
+        assert_eq!(t.pick_read(450), Target::Replica(0));
+        assert_eq!(t.pick_read(600), Target::Primary);
+        // Lag bounds.
+        t.primary_lsn.store(5000, Ordering::Relaxed);
+        assert_eq!(t.pick_read(0), Target::Primary, "both replicas too far behind");
+    }
+
+    #[test]
+    fn never_means_no_primary_reads() {
+        let t = topo(1, PrimaryReads::Never);
+        assert_eq!(t.pick_read(0), Target::Nowhere);
+    }
+}
