@@ -102,7 +102,8 @@ impl<'a> Session<'a> {
                         if self.proto.rewrite && self.proto.prepare_locally(&mut self.client, &self.params, split) {
                             continue;
                         }
-                        let member = self.choose_member();
+                        let (member, may_write) = self.choose_member();
+                        self.proto.wrote = may_write;
                         if let Err(e) = self.acquire(member).await {
                             self.refuse_request(e);
                             continue;

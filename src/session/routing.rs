@@ -48,13 +48,13 @@ impl Session<'_> {
         is_read(self.ctx, &sql)
     }
 
-    /// Where the next request runs.
-    pub(super) fn choose_member(&self) -> Member {
-        let Some(top) = self.login.topology.as_ref() else { return Member::Primary };
+    /// Where the next request runs, and whether it may write (for read-your-writes).
+    pub(super) fn choose_member(&self) -> (Member, bool) {
+        let Some(top) = self.login.topology.as_ref() else { return (Member::Primary, false) };
         if self.login.mode != PoolMode::Transaction || !self.request_is_read() {
-            return Member::Primary;
+            return (Member::Primary, true);
         }
-        match top.pick_read(self.min_lsn) {
+        let member = match top.pick_read(self.min_lsn) {
             Target::Replica(i) => Member::Replica(i),
             // primary_reads = never with no usable replica: the primary still answers rather
             // than failing the read (logged); the lag monitor will bring replicas back.
@@ -63,7 +63,8 @@ impl Session<'_> {
                 Member::Primary
             }
             Target::Primary => Member::Primary,
-        }
+        };
+        (member, false)
     }
 
     /// Counts a request in (or out of) a member's outstanding load.

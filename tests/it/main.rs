@@ -11,5 +11,6 @@ mod drivers;
 mod pooling;
 mod prepared;
 mod protocol;
+mod routing;
 mod session_state;
 mod tls;

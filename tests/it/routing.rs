@@ -1,0 +1,150 @@
+//! Read/write splitting: reads go to replicas, writes to the primary, and a session always
+//! reads its own writes even from replicas that apply WAL late.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::pg::{PgCluster, PgOptions};
+use crate::support::{connect, scalar, start_proxy};
+
+fn xact_commits(pg: &PgCluster) -> i64 {
+    pg.psql("postgres", "postgres", "select xact_commit from pg_stat_database where datname = 'postgres'")
+        .parse()
+        .unwrap()
+}
+
+fn config(replicas: &[&PgCluster]) -> String {
+    let urls: Vec<String> = replicas.iter().map(|r| format!("\"postgres://127.0.0.1:{}\"", r.port())).collect();
+    format!(
+        "[proxy]\nauth = \"trust\"\n[pool]\nsize = 8\n[routing]\nhealth_interval = \"100ms\"\nmax_lag_ms = 2000\n\
+         [clusters.default]\nprimary = \"postgres://127.0.0.1:1\"\nreplicas = [{}]\n",
+        urls.join(", ")
+    )
+}
+
+/// Which server answered: its port.
+async fn served_by(c: &tokio_postgres::Client) -> u16 {
+    scalar(c, "select inet_server_port()").await.unwrap().parse().unwrap()
+}
+
+/// Waits until the proxy's monitor sees a replica as usable (a read lands on one).
+async fn wait_for_replicas(addr: std::net::SocketAddr, primary: u16) {
+    let c = connect(addr, "postgres", None, "postgres").await;
+    for _ in 0..100 {
+        if served_by(&c).await != primary {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("reads never reached a replica");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_select_only_lands_on_replicas() {
+    let primary = PgCluster::start(PgOptions::default());
+    let (r1, r2) = (primary.start_replica(), primary.start_replica());
+    let proxy = start_proxy(&primary, &config(&[&r1, &r2])).await;
+    let port = proxy.local_addr().port().to_string();
+    let init = Command::new(primary.bin("pgbench"))
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &format!("{}", primary.port()),
+            "-U",
+            "postgres",
+            "postgres",
+        ])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    // The replicas must have the tables before reads go there.
+    let (r1c, r2c) = (&r1, &r2);
+    assert!(
+        crate::support::eventually(Duration::from_secs(10), || {
+            [r1c, r2c].iter().all(|r| {
+                r.psql("postgres", "postgres", "select count(*) from pg_tables where tablename = 'pgbench_accounts'")
+                    == "1"
+            })
+        })
+        .await
+    );
+    wait_for_replicas(proxy.local_addr(), primary.port()).await;
+    let before: Vec<i64> = [&primary, &r1, &r2].iter().map(|p| xact_commits(p)).collect();
+    let out = tokio::task::spawn_blocking({
+        let bin = primary.bin("pgbench");
+        move || {
+            Command::new(bin)
+                .args([
+                    "-n",
+                    "-S",
+                    "-c",
+                    "16",
+                    "-j",
+                    "2",
+                    "-T",
+                    "5",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-U",
+                    "postgres",
+                    "postgres",
+                ])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("number of failed transactions: 0 (0.000%)"), "{text}");
+    let after: Vec<i64> = [&primary, &r1, &r2].iter().map(|p| xact_commits(p)).collect();
+    let d: Vec<i64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let on_replicas = (d[1] + d[2]) as f64 / (d[0] + d[1] + d[2]) as f64;
+    assert!(on_replicas >= 0.9, "only {:.1}% on replicas ({d:?})", on_replicas * 100.0);
+    assert!(d[1] > 0 && d[2] > 0, "both replicas take reads ({d:?})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_reads_its_own_writes_from_delayed_replicas() {
+    let primary = PgCluster::start(PgOptions::default());
+    let mut replicas = vec![primary.start_replica(), primary.start_replica()];
+    for r in &mut replicas {
+        let conf = r.data_dir().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nrecovery_min_apply_delay = '500ms'\n");
+        std::fs::write(&conf, text).unwrap();
+        r.restart();
+    }
+    primary.psql("postgres", "postgres", "create table ryw(id int primary key)");
+    let refs: Vec<&PgCluster> = replicas.iter().collect();
+    let proxy = start_proxy(&primary, &config(&refs)).await;
+    let (r1, r2) = (&replicas[0], &replicas[1]);
+    assert!(
+        crate::support::eventually(Duration::from_secs(10), || {
+            [r1, r2].iter().all(|r| {
+                r.psql("postgres", "postgres", "select count(*) from pg_tables where tablename = 'ryw'") == "1"
+            })
+        })
+        .await
+    );
+    wait_for_replicas(proxy.local_addr(), primary.port()).await;
+    let writer = connect(proxy.local_addr(), "postgres", None, "postgres").await;
+    let reader = connect(proxy.local_addr(), "postgres", None, "postgres").await;
+    let mut reader_on_replica = 0;
+    for i in 0..200 {
+        writer.simple_query(&format!("insert into ryw values ({i})")).await.unwrap();
+        let n = scalar(&writer, &format!("select count(*) from ryw where id = {i}")).await.unwrap();
+        assert_eq!(n, "1", "the session must see its own insert {i}");
+        if served_by(&reader).await != primary.port() {
+            reader_on_replica += 1;
+        }
+    }
+    assert!(reader_on_replica >= 180, "a session that never writes kept {reader_on_replica}/200 reads on replicas");
+}
