@@ -136,24 +136,38 @@ pub async fn monitor(
 ) {
     let every = top.routing.health_interval;
     let timeout = every.max(Duration::from_millis(500)) * 2;
+    // When the primary's position was first seen: a replica's time lag is how long ago the
+    // primary passed the replica's replay position (0 when caught up), which stays right on an
+    // idle primary, unlike "now - last replayed commit".
+    let mut history: std::collections::VecDeque<(std::time::Instant, u64)> = Default::default();
     loop {
         if let Some(row) = query_member(&cluster.primary, &login, "select pg_current_wal_lsn()::text", timeout).await {
             if let Some(lsn) = row.try_get::<_, String>(0).ok().and_then(|s| parse_lsn(&s)) {
                 top.primary_lsn.store(lsn, Ordering::Relaxed);
+                if history.back().is_none_or(|(_, l)| *l < lsn) {
+                    history.push_back((std::time::Instant::now(), lsn));
+                }
+                while history.len() > 1
+                    && history
+                        .front()
+                        .is_some_and(|(t, _)| t.elapsed() > Duration::from_millis(top.routing.max_lag_ms) * 4)
+                {
+                    history.pop_front();
+                }
             }
         }
         for (i, ep) in cluster.replicas.iter().enumerate() {
-            let sql = "select pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn(), '0/0')::text, \
-                       coalesce((extract(epoch from now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0)";
+            let sql = "select pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn(), '0/0')::text";
             let state = &top.replicas[i];
             match query_member(ep, &login, sql, timeout).await {
                 Some(row) => {
                     let in_recovery: bool = row.try_get(0).unwrap_or(false);
                     let replay = row.try_get::<_, String>(1).ok().and_then(|s| parse_lsn(&s)).unwrap_or(0);
-                    let since_replay: i64 = row.try_get(2).unwrap_or(0);
-                    let primary = top.primary_lsn.load(Ordering::Relaxed);
-                    // Caught up means no lag, however long ago the last transaction replayed.
-                    let lag_ms = if replay >= primary { 0 } else { since_replay.max(0) as u64 };
+                    let lag_ms = history
+                        .iter()
+                        .find(|(_, lsn)| *lsn > replay)
+                        .map(|(t, _)| t.elapsed().as_millis() as u64)
+                        .unwrap_or(0);
                     state.replay_lsn.store(replay, Ordering::Relaxed);
                     state.lag_ms.store(lag_ms, Ordering::Relaxed);
                     if !in_recovery {

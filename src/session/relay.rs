@@ -41,6 +41,8 @@ pub(super) struct Session<'a> {
     current_pool: Option<Arc<ServerPool>>,
     /// Read-your-writes: the primary's WAL position after this session's last write.
     pub(super) min_lsn: u64,
+    /// `SET pgweir.route`: None is automatic.
+    pub(super) route_override: Option<crate::route::classify::Route>,
 }
 
 impl Drop for Session<'_> {
@@ -85,6 +87,7 @@ impl<'a> Session<'a> {
             member: None,
             current_pool: None,
             min_lsn: 0,
+            route_override: None,
         }
     }
 
@@ -98,6 +101,9 @@ impl<'a> Session<'a> {
             if self.server.is_none() {
                 match poll_fn(|cx| self.poll_idle(cx)).await {
                     Idle::Request => {
+                        if self.answer_proxy_statement() {
+                            continue;
+                        }
                         let split = self.login.topology.as_ref().map(|_| self.ctx);
                         if self.proto.rewrite && self.proto.prepare_locally(&mut self.client, &self.params, split) {
                             continue;
@@ -239,19 +245,31 @@ impl<'a> Session<'a> {
 
     /// Checks a server out for the request at the front of the client's buffer (or gives up
     /// when the client cancels or the wait times out) and brings its settings in line.
-    async fn acquire(&mut self, member: Member) -> Result<(), PgError> {
-        let pool = match member {
-            Member::Primary => self.login.pool.clone(),
-            Member::Replica(i) => self.login.replicas[i].clone(),
-        };
+    async fn acquire(&mut self, mut member: Member) -> Result<(), PgError> {
         let slot = self.cancel.slot.clone();
-        let mut server = {
-            let notified = slot.queued.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            tokio::select! {
-                r = pool.checkout() => r.map_err(|e| e.to_pg())?,
-                _ = notified => return Err(PgError::error(SqlState::QUERY_CANCELED, "canceling statement due to user request")),
+        let (mut server, pool) = loop {
+            let pool = match member {
+                Member::Primary => self.login.pool.clone(),
+                Member::Replica(i) => self.login.replicas[i].clone(),
+            };
+            let got = {
+                let notified = slot.queued.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                tokio::select! {
+                    r = pool.checkout() => r,
+                    _ = notified => return Err(PgError::error(SqlState::QUERY_CANCELED, "canceling statement due to user request")),
+                }
+            };
+            match (got, member) {
+                (Ok(s), _) => break (s, pool),
+                // A replica that cannot be reached: take it out of rotation at once (the monitor
+                // puts it back when it answers) and run the read elsewhere.
+                (Err(crate::pool::CheckoutError::Server(e)), Member::Replica(i)) => {
+                    self.ban_replica(i, &e.to_string());
+                    member = self.choose_member().0;
+                }
+                (Err(e), _) => return Err(e.to_pg()),
             }
         };
         if let Some((sql, next)) = self.params.sync_sql(&server.params, &server.applied) {

@@ -10,10 +10,39 @@ use super::relay::Session;
 use crate::config::PoolMode;
 use crate::pool::topology::{format_lsn, parse_lsn, Target};
 use crate::route::classify::{Route, TxnControl};
-use crate::wire::frame::{cstr, FrameHead};
-use crate::wire::tag;
+use bytes::{Buf, BytesMut};
+
+use crate::wire::backend::put_ready_for_query;
+use crate::wire::frame::{cstr, put_frame, FrameHead};
+use crate::wire::{tag, PgError, SqlState};
 
 /// Which member of the cluster a request runs on.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_statements_parse() {
+        assert!(matches!(
+            proxy_statement("SET pgweir.route = 'replica'"),
+            Some(ProxyStatement::SetRoute(Some(Route::Replica)))
+        ));
+        assert!(matches!(
+            proxy_statement("set pgweir.route to primary;"),
+            Some(ProxyStatement::SetRoute(Some(Route::Primary)))
+        ));
+        assert!(matches!(proxy_statement("SET pgweir.route = auto"), Some(ProxyStatement::SetRoute(None))));
+        assert!(matches!(proxy_statement("SET pgweir.route = sideways"), Some(ProxyStatement::Invalid)));
+        assert!(matches!(
+            proxy_statement("SET pgweir.min_lsn = '0/16B3748'"),
+            Some(ProxyStatement::SetMinLsn(Some(0x16B3748)))
+        ));
+        assert!(matches!(proxy_statement("SHOW pgweir.lsn"), Some(ProxyStatement::Show("pgweir.lsn"))));
+        assert!(proxy_statement("SET search_path = a").is_none());
+        assert!(proxy_statement("SHOW search_path").is_none());
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Member {
     Primary,
@@ -51,7 +80,15 @@ impl Session<'_> {
     /// Where the next request runs, and whether it may write (for read-your-writes).
     pub(super) fn choose_member(&self) -> (Member, bool) {
         let Some(top) = self.login.topology.as_ref() else { return (Member::Primary, false) };
-        if self.login.mode != PoolMode::Transaction || !self.request_is_read() {
+        if self.login.mode != PoolMode::Transaction {
+            return (Member::Primary, true);
+        }
+        let read = self.request_is_read();
+        // A read sent to the primary by choice is still a read: it moves no write position.
+        if self.route_override == Some(Route::Primary) {
+            return (Member::Primary, !read);
+        }
+        if self.route_override != Some(Route::Replica) && !read {
             return (Member::Primary, true);
         }
         let member = match top.pick_read(self.min_lsn) {
@@ -65,6 +102,15 @@ impl Session<'_> {
             Target::Primary => Member::Primary,
         };
         (member, false)
+    }
+
+    /// Marks replica `i` unusable until the monitor sees it answer again.
+    pub(super) fn ban_replica(&self, i: usize, why: &str) {
+        if let Some(top) = self.login.topology.as_ref() {
+            if top.replicas[i].healthy.swap(false, Ordering::Relaxed) {
+                tracing::warn!(cluster = %top.cluster, replica = i, error = why, "replica failed; reads go elsewhere");
+            }
+        }
     }
 
     /// Counts a request in (or out of) a member's outstanding load.
@@ -100,6 +146,110 @@ impl Session<'_> {
             _ => self.min_lsn = u64::MAX,
         }
     }
+}
+
+impl Session<'_> {
+    /// Answers the proxy's own settings without a server: `SET pgweir.route = primary | replica
+    /// | auto`, `SET pgweir.min_lsn = 'X/Y'` (read-your-writes across an application's own
+    /// connections) and `SHOW pgweir.lsn` / `SHOW pgweir.route`. Returns true if it answered.
+    pub(super) fn answer_proxy_statement(&mut self) -> bool {
+        let buf = &self.client.rbuf;
+        let Ok(Some(h)) = FrameHead::parse(buf, usize::MAX) else { return false };
+        if h.tag != tag::QUERY || buf.len() < h.total || h.total > 512 {
+            return false;
+        }
+        let text = String::from_utf8_lossy(&buf[5..h.total - 1]).to_string();
+        let Some(answer) = proxy_statement(&text) else { return false };
+        self.client.rbuf.advance(h.total);
+        let out = &mut self.client.wbuf;
+        match answer {
+            ProxyStatement::SetRoute(r) => {
+                self.route_override = r;
+                put_frame(out, b'C', b"SET\0");
+            }
+            ProxyStatement::SetMinLsn(Some(lsn)) => {
+                self.min_lsn = self.min_lsn.max(lsn);
+                put_frame(out, b'C', b"SET\0");
+            }
+            ProxyStatement::SetMinLsn(None) | ProxyStatement::Invalid => {
+                PgError::error(
+                    SqlState("22023"),
+                    "pgweir: invalid value (route: primary, replica or auto; min_lsn: 'X/Y')",
+                )
+                .encode(out);
+            }
+            ProxyStatement::Show(name) => {
+                let value = match name {
+                    "pgweir.lsn" => format_lsn(if self.min_lsn == u64::MAX { 0 } else { self.min_lsn }),
+                    _ => match self.route_override {
+                        Some(Route::Primary) => "primary".into(),
+                        Some(Route::Replica) => "replica".into(),
+                        None => "auto".into(),
+                    },
+                };
+                put_row_description(out, name);
+                let mut row = Vec::new();
+                row.extend_from_slice(&1i16.to_be_bytes());
+                row.extend_from_slice(&(value.len() as i32).to_be_bytes());
+                row.extend_from_slice(value.as_bytes());
+                put_frame(out, b'D', &row);
+                put_frame(out, b'C', b"SHOW\0");
+            }
+        }
+        put_ready_for_query(out, b'I');
+        true
+    }
+}
+
+enum ProxyStatement {
+    SetRoute(Option<Route>),
+    SetMinLsn(Option<u64>),
+    Show(&'static str),
+    Invalid,
+}
+
+fn proxy_statement(sql: &str) -> Option<ProxyStatement> {
+    let sql = sql.trim().trim_end_matches(';').trim();
+    let lower = sql.to_ascii_lowercase();
+    if let Some(rest) = lower.strip_prefix("show ") {
+        return match rest.trim() {
+            "pgweir.lsn" => Some(ProxyStatement::Show("pgweir.lsn")),
+            "pgweir.route" => Some(ProxyStatement::Show("pgweir.route")),
+            _ => None,
+        };
+    }
+    let rest = lower.strip_prefix("set ")?.trim_start();
+    let (name, value) = if let Some((n, v)) = rest.split_once('=') {
+        (n.trim(), v.trim())
+    } else {
+        let (n, v) = rest.split_once(char::is_whitespace)?;
+        (n.trim(), v.trim().strip_prefix("to")?.trim())
+    };
+    let value = value.trim_matches('\'');
+    match name {
+        "pgweir.route" => Some(match value {
+            "primary" => ProxyStatement::SetRoute(Some(Route::Primary)),
+            "replica" => ProxyStatement::SetRoute(Some(Route::Replica)),
+            "auto" | "default" => ProxyStatement::SetRoute(None),
+            _ => ProxyStatement::Invalid,
+        }),
+        "pgweir.min_lsn" => Some(ProxyStatement::SetMinLsn(parse_lsn(value))),
+        _ => None,
+    }
+}
+
+fn put_row_description(out: &mut BytesMut, name: &str) {
+    let mut body = Vec::new();
+    body.extend_from_slice(&1i16.to_be_bytes());
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    body.extend_from_slice(&0i32.to_be_bytes()); // table oid
+    body.extend_from_slice(&0i16.to_be_bytes()); // column number
+    body.extend_from_slice(&25i32.to_be_bytes()); // text
+    body.extend_from_slice(&(-1i16).to_be_bytes());
+    body.extend_from_slice(&(-1i32).to_be_bytes());
+    body.extend_from_slice(&0i16.to_be_bytes());
+    put_frame(out, b'T', &body);
 }
 
 /// True when `sql` is a read by the classifier (hints included), or a transaction that begins

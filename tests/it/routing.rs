@@ -148,3 +148,58 @@ async fn a_session_reads_its_own_writes_from_delayed_replicas() {
     }
     assert!(reader_on_replica >= 180, "a session that never writes kept {reader_on_replica}/200 reads on replicas");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_hints_and_cross_connection_read_your_writes() {
+    let primary = PgCluster::start(PgOptions::default());
+    let mut replica = primary.start_replica();
+    {
+        let conf = replica.data_dir().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nrecovery_min_apply_delay = '2s'\n");
+        std::fs::write(&conf, text).unwrap();
+        replica.restart();
+    }
+    let proxy = start_proxy(&primary, &config(&[&replica])).await;
+    wait_for_replicas(proxy.local_addr(), primary.port()).await;
+    let c = connect(proxy.local_addr(), "postgres", None, "postgres").await;
+    // Session-wide override, answered by the proxy itself.
+    c.simple_query("SET pgweir.route = primary").await.unwrap();
+    assert_eq!(scalar(&c, "show pgweir.route").await.unwrap(), "primary");
+    assert_eq!(served_by(&c).await, primary.port());
+    c.simple_query("SET pgweir.route = auto").await.unwrap();
+    assert_ne!(served_by(&c).await, primary.port());
+    // A comment hint for one statement.
+    assert_eq!(
+        scalar(&c, "/* pgweir: primary */ select inet_server_port()").await.unwrap(),
+        primary.port().to_string()
+    );
+    // Write on one connection, hand the position to another (an application's other pool).
+    let w = connect(proxy.local_addr(), "postgres", None, "postgres").await;
+    w.simple_query("create table handoff(x int); insert into handoff values (1)").await.unwrap();
+    let lsn = scalar(&w, "show pgweir.lsn").await.unwrap();
+    assert_ne!(lsn, "0/0");
+    let r = connect(proxy.local_addr(), "postgres", None, "postgres").await;
+    r.simple_query(&format!("SET pgweir.min_lsn = '{lsn}'")).await.unwrap();
+    // The replica applies 2 s late, so only the primary can answer this read now.
+    assert_eq!(scalar(&r, "select count(*) from handoff").await.unwrap(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_is_skipped() {
+    let primary = PgCluster::start(PgOptions::default());
+    let (mut r1, r2) = (primary.start_replica(), primary.start_replica());
+    let proxy = start_proxy(&primary, &config(&[&r1, &r2])).await;
+    wait_for_replicas(proxy.local_addr(), primary.port()).await;
+    let c = connect(proxy.local_addr(), "postgres", None, "postgres").await;
+    for _ in 0..20 {
+        served_by(&c).await;
+    }
+    let dead = r1.port();
+    r1.stop();
+    // Every read still succeeds: a replica that cannot be reached is taken out at once.
+    for _ in 0..50 {
+        let port = served_by(&c).await;
+        assert_ne!(port, dead);
+    }
+}
