@@ -75,6 +75,13 @@ pub struct Proto {
     pub may_pin: bool,
     /// A request that may write ran on the attached server (read-your-writes).
     pub wrote: bool,
+    /// The client messages of a read on a replica, kept until its first answer reaches the
+    /// client, to run it elsewhere if the replica fails first. `capture_done`: its end (Sync or
+    /// Query) was seen.
+    pub capture: Option<BytesMut>,
+    capture_done: bool,
+    /// Set when the server failed in a way that allows running the captured request again.
+    pub retry: Option<RetryCause>,
 }
 
 impl Proto {
@@ -99,6 +106,9 @@ impl Proto {
             portal_fx: Vec::new(),
             may_pin: true,
             wrote: false,
+            capture: None,
+            capture_done: false,
+            retry: None,
         }
     }
 
@@ -116,6 +126,47 @@ impl Proto {
             .with_hint("raise pool.max_pinned, or avoid session state (temp tables, LISTEN, advisory locks, WITH HOLD cursors) in transaction mode"),
         );
         true
+    }
+
+    /// Starts keeping the request's messages so a failed replica read can run again.
+    pub fn start_capture(&mut self) {
+        self.capture = Some(BytesMut::new());
+        self.capture_done = false;
+        self.retry = None;
+    }
+
+    fn capture_client(&mut self, t: u8, frame: &[u8], whole: bool) {
+        if self.capture_done {
+            return;
+        }
+        let Some(c) = self.capture.as_mut() else { return };
+        if !whole || !replayable(t, &frame[5..]) || c.len() + frame.len() > STREAM_ABOVE {
+            self.capture = None;
+            return;
+        }
+        c.extend_from_slice(frame);
+        if matches!(t, tag::SYNC | tag::QUERY) {
+            self.capture_done = true;
+        }
+    }
+
+    /// Does this server error allow running the captured request elsewhere?
+    fn retry_cause(&self, body: &[u8]) -> Option<RetryCause> {
+        if self.capture.is_none() || !self.capture_done {
+            return None;
+        }
+        let f = ErrorFields::parse(body);
+        match f.code.as_deref()? {
+            "57P01" | "57P02" | "57P03" => Some(RetryCause::MemberLost),
+            c if c.starts_with("08") => Some(RetryCause::MemberLost),
+            "25006" => Some(RetryCause::NeedsPrimary),
+            _ => None,
+        }
+    }
+
+    /// The server connection ended: can the request run elsewhere?
+    pub fn retry_on_loss(&self) -> bool {
+        self.capture.is_some() && self.capture_done
     }
 
     /// A server was just attached (at a ReadyForQuery boundary with `status`).
@@ -163,10 +214,12 @@ impl Proto {
                     if h.tag == tag::TERMINATE {
                         return Ok(None);
                     }
+                    self.capture_client(h.tag, &rbuf[..h.total], true);
                     self.client_message(h.tag, &rbuf[..h.total], h.total, server, params, split);
                     rbuf.advance(h.total);
                 }
                 Step::Partial { head: Some(h), n } => {
+                    self.capture_client(h.tag, &rbuf[..n], false);
                     self.client_message(h.tag, &rbuf[..n], h.total, server, params, split);
                     rbuf.advance(n);
                 }
@@ -468,6 +521,26 @@ impl Proto {
             match step {
                 Step::Need(n) => return Ok(n),
                 Step::Whole(h) => {
+                    if self.capture.is_some() {
+                        match h.tag {
+                            tag::ERROR_RESPONSE => {
+                                if let Some(cause) = self.retry_cause(&server.rbuf[5..h.total]) {
+                                    // Nothing reached the client yet: swallow this, run it again.
+                                    self.retry = Some(cause);
+                                    return Ok(0);
+                                }
+                                self.capture = None;
+                            }
+                            // A dying server's "terminating connection" warning is not the
+                            // client's business when the read will run elsewhere.
+                            tag::NOTICE_RESPONSE if self.retry_cause(&server.rbuf[5..h.total]).is_some() => {
+                                server.rbuf.advance(h.total);
+                                continue;
+                            }
+                            tag::NOTICE_RESPONSE | tag::PARAMETER_STATUS | tag::NOTIFICATION => {}
+                            _ => self.capture = None,
+                        }
+                    }
                     let frame = server.rbuf.split_to(h.total);
                     let body = &frame[5..];
                     match h.tag {
@@ -525,6 +598,7 @@ impl Proto {
                     self.plan.emit_ready(out);
                 }
                 Step::Partial { head, n } => {
+                    self.capture = None;
                     if let Some(h) = head {
                         self.stream_verdict = self.plan.on_server(h.tag, &server.rbuf[5..n], out).0;
                     }
@@ -580,6 +654,27 @@ pub enum Attached {
     Terminate,
     ServerGone,
     Bad(PgError),
+    /// A read failed on a replica before anything reached the client: run it again elsewhere.
+    Retry(RetryCause),
+}
+
+/// Why a read is run again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryCause {
+    /// The replica went away (connection lost, shutting down, crashed): try another member.
+    MemberLost,
+    /// The replica refused it as a write (25006): it belongs on the primary.
+    NeedsPrimary,
+}
+
+/// Client messages of a request that can be replayed as they are (no statement is named).
+fn replayable(t: u8, body: &[u8]) -> bool {
+    match t {
+        tag::QUERY | tag::SYNC | tag::BIND | tag::EXECUTE | tag::FLUSH => true,
+        tag::PARSE => body.first() == Some(&0),
+        tag::DESCRIBE | tag::CLOSE => body.get(1) == Some(&0),
+        _ => false,
+    }
 }
 
 /// Writes pending output to a stream; Err(()) if the stream failed.
@@ -707,6 +802,10 @@ impl super::relay::Session<'_> {
                 Err(e) => return Poll::Ready(Attached::Bad(e)),
                 Ok(need) => p.sneed = need,
             }
+            if let Some(cause) = p.retry.take() {
+                server.broken = true;
+                return Poll::Ready(Attached::Retry(cause));
+            }
             // Keep the pool's count of pinned clients current (a pinned client stays here).
             let pinned = p.state.pins.any();
             if pinned != self.counted_pin {
@@ -722,6 +821,9 @@ impl super::relay::Session<'_> {
             p.may_pin = self.counted_pin || self.login.pool.may_pin();
             if server_eof {
                 server.broken = true;
+                if p.retry_on_loss() {
+                    return Poll::Ready(Attached::Retry(RetryCause::MemberLost));
+                }
                 return Poll::Ready(Attached::ServerGone);
             }
             match poll_out(&mut self.client.stream, cx, &mut self.client.wbuf, &mut self.cflush) {

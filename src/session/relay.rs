@@ -8,7 +8,7 @@ use std::future::poll_fn;
 
 use super::cancel::CancelGuard;
 use super::params::ClientParams;
-use super::pump::{protocol, Attached, Idle, Proto};
+use super::pump::{protocol, Attached, Idle, Proto, RetryCause};
 use super::routing::Member;
 use super::stmts::ClientStatements;
 use super::welcome::{Welcome, WelcomeKey};
@@ -43,6 +43,10 @@ pub(super) struct Session<'a> {
     pub(super) min_lsn: u64,
     /// `SET pgweir.route`: None is automatic.
     pub(super) route_override: Option<crate::route::classify::Route>,
+    /// The next request runs on the primary (a replica refused it as a write); also set once a
+    /// request has been retried, so it is not retried twice.
+    retry_primary: bool,
+    retried: bool,
 }
 
 impl Drop for Session<'_> {
@@ -88,6 +92,8 @@ impl<'a> Session<'a> {
             current_pool: None,
             min_lsn: 0,
             route_override: None,
+            retry_primary: false,
+            retried: false,
         }
     }
 
@@ -108,11 +114,18 @@ impl<'a> Session<'a> {
                         if self.proto.rewrite && self.proto.prepare_locally(&mut self.client, &self.params, split) {
                             continue;
                         }
-                        let (member, may_write) = self.choose_member();
+                        let (mut member, may_write) = self.choose_member();
                         self.proto.wrote = may_write;
+                        let retrying = std::mem::take(&mut self.retried);
+                        if std::mem::take(&mut self.retry_primary) {
+                            member = Member::Primary;
+                        }
                         if let Err(e) = self.acquire(member).await {
                             self.refuse_request(e);
                             continue;
+                        }
+                        if let Some(m) = self.member {
+                            self.arm_retry(m, retrying);
                         }
                     }
                     Idle::Terminate | Idle::Gone => return,
@@ -123,6 +136,26 @@ impl<'a> Session<'a> {
             match poll_fn(|cx| self.poll_attached(cx)).await {
                 Attached::Release => self.release().await,
                 Attached::ClientGone | Attached::Terminate => return self.finish_server().await,
+                Attached::Retry(cause) => {
+                    let member = self.member;
+                    self.detach_member();
+                    if let Some(s) = self.server.take() {
+                        discard(s);
+                    }
+                    self.cancel.slot.detach().await;
+                    if let (Some(Member::Replica(i)), RetryCause::MemberLost) = (member, cause) {
+                        self.ban_replica(i, "failed during a read");
+                    }
+                    // Put the request back in front of whatever else the client sent.
+                    let mut again = self.proto.capture.take().unwrap_or_default();
+                    again.extend_from_slice(&self.client.rbuf);
+                    self.client.rbuf = again;
+                    self.proto.csplit =
+                        crate::wire::Splitter::new(self.ctx.config.max_message_size, super::pump::STREAM_ABOVE);
+                    self.retry_primary = cause == RetryCause::NeedsPrimary;
+                    self.retried = true;
+                    tracing::debug!(?cause, "running a read again elsewhere");
+                }
                 Attached::ServerGone => {
                     self.detach_member();
                     if let Some(s) = self.server.take() {
@@ -293,6 +326,16 @@ impl<'a> Session<'a> {
         self.cancel.slot.attach(server.cancel_key.clone());
         self.attach(server, pool, member);
         Ok(())
+    }
+
+    /// Keeps a replica read's messages so it can run elsewhere if the replica fails before
+    /// answering (once per request).
+    fn arm_retry(&mut self, member: Member, retrying: bool) {
+        if matches!(member, Member::Replica(_)) && !retrying {
+            self.proto.start_capture();
+        } else {
+            self.proto.capture = None;
+        }
     }
 
     /// Leaves the current member: load count, and the pool that invalidated statements go to.

@@ -203,3 +203,72 @@ async fn a_stopped_replica_is_skipped() {
         assert_ne!(port, dead);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_during_pgbench_costs_no_transactions() {
+    let primary = PgCluster::start(PgOptions::default());
+    let (mut r1, r2) = (primary.start_replica(), primary.start_replica());
+    let init = Command::new(primary.bin("pgbench"))
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.port().to_string(),
+            "-U",
+            "postgres",
+            "postgres",
+        ])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let (r1c, r2c) = (&r1, &r2);
+    assert!(
+        crate::support::eventually(Duration::from_secs(10), || {
+            [r1c, r2c].iter().all(|r| {
+                r.psql("postgres", "postgres", "select count(*) from pg_tables where tablename = 'pgbench_accounts'")
+                    == "1"
+            })
+        })
+        .await
+    );
+    let proxy = start_proxy(&primary, &config(&[&r1, &r2])).await;
+    wait_for_replicas(proxy.local_addr(), primary.port()).await;
+    let port = proxy.local_addr().port().to_string();
+    let bench = tokio::task::spawn_blocking({
+        let bin = primary.bin("pgbench");
+        move || {
+            Command::new(bin)
+                .args([
+                    "-n",
+                    "-S",
+                    "-c",
+                    "8",
+                    "-j",
+                    "2",
+                    "-T",
+                    "5",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-U",
+                    "postgres",
+                    "postgres",
+                ])
+                .output()
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A fast shutdown terminates the replica's sessions mid-query, then refuses connections.
+    tokio::task::block_in_place(|| r1.stop());
+    let out = bench.await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("number of failed transactions: 0 (0.000%)"), "{text}");
+    assert!(!text.contains("aborted"), "{text}");
+}
