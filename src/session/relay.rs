@@ -8,7 +8,9 @@ use std::future::poll_fn;
 
 use super::cancel::CancelGuard;
 use super::params::ClientParams;
-use super::pump::{protocol, Attached, Idle, Proto, RetryCause};
+use super::proto::{protocol, Proto, STREAM_ABOVE};
+use super::pump::{Attached, Idle};
+use super::retry::RetryCause;
 use super::routing::Member;
 use super::stmts::ClientStatements;
 use super::welcome::{Welcome, WelcomeKey};
@@ -150,8 +152,7 @@ impl<'a> Session<'a> {
                     let mut again = self.proto.capture.take().unwrap_or_default();
                     again.extend_from_slice(&self.client.rbuf);
                     self.client.rbuf = again;
-                    self.proto.csplit =
-                        crate::wire::Splitter::new(self.ctx.config.max_message_size, super::pump::STREAM_ABOVE);
+                    self.proto.csplit = crate::wire::Splitter::new(self.ctx.config.max_message_size, STREAM_ABOVE);
                     self.retry_primary = cause == RetryCause::NeedsPrimary;
                     self.retried = true;
                     tracing::debug!(?cause, "running a read again elsewhere");

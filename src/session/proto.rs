@@ -1,0 +1,426 @@
+//! `Proto`: the per-session protocol state client and server frames pass through while a
+//! server is attached: the response plan, the client's named statements and their renaming to
+//! server-side names (transaction mode, see `proto_stmts`), session effects and pins, the
+//! split state of both streams, and the capture that lets a failed replica read run again
+//! (`retry`). Pure: no I/O; the pumps in `pump` move the bytes.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+
+use super::params::ClientParams;
+use super::plan::{Dropped, Event, Plan, QueryFx, Unit, Verdict};
+use super::retry::RetryCause;
+use super::state::{pins_for, ServerSide, SessionState};
+use super::stmts::{self, ClientStatements};
+use crate::route::session_sql::{query_effects, Effect};
+use crate::server::ServerConn;
+use crate::wire::backend::{parse_parameter_status, put_ready_for_query, ErrorFields};
+use crate::wire::frame::{FrameHead, Splitter, Step};
+use crate::wire::{tag, PgError, SqlState};
+
+/// Stop reading a side while this much output for the other side is pending.
+pub const HIGH_WATER: usize = 64 * 1024;
+/// Frames larger than this are passed through in pieces instead of being held whole.
+pub const STREAM_ABOVE: usize = 64 * 1024;
+/// Largest server message (PostgreSQL's own limit is 1 GB).
+pub const MAX_SERVER_FRAME: usize = 1 << 30;
+/// Room for a Bind's portal and statement names (63 bytes each at most, plus NULs).
+const BIND_NAMES: usize = 5 + 2 * 64;
+
+pub fn protocol(e: impl std::fmt::Display) -> PgError {
+    PgError::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string())
+}
+
+pub fn reserve_for(buf: &mut BytesMut, need: usize) {
+    let want = need.max(buf.len() + 8192);
+    if buf.capacity() < want {
+        buf.reserve(want - buf.len());
+    }
+}
+
+/// Protocol state of one session's client↔server stream.
+pub struct Proto {
+    pub plan: Plan,
+    pub stmts: ClientStatements,
+    /// Rename named statements to global ones (transaction mode).
+    pub rewrite: bool,
+    pub to_server: BytesMut,
+    pub csplit: Splitter,
+    pub ssplit: Splitter,
+    pub cneed: usize,
+    pub sneed: usize,
+    /// After the proxy answered a message with an error: drop messages up to Sync.
+    pub client_skip: bool,
+    /// Verdict for the rest of a server frame being streamed.
+    pub(super) stream_verdict: Verdict,
+    /// A FATAL error from the server passed through.
+    pub server_fatal: bool,
+    /// The statement of the last Bind (for "cached plan must not change result type").
+    pub(super) last_bound: Option<Arc<str>>,
+    /// Statements found stale on this server: the caller tells the pool.
+    pub invalidated: Vec<Arc<str>>,
+    /// Settings and pins built from completed statements (transaction mode).
+    pub state: SessionState,
+    /// Effects of the unnamed statement and of bound portals, for Execute.
+    pub(super) unnamed_fx: Vec<Effect>,
+    /// The unnamed statement may run on a replica.
+    pub unnamed_read: bool,
+    pub(super) portal_fx: Vec<(String, Vec<Effect>)>,
+    /// May this session become pinned now? (the pool's cap on pinned clients)
+    pub may_pin: bool,
+    /// A request that may write ran on the attached server (read-your-writes).
+    pub wrote: bool,
+    /// The client messages of a read on a replica, kept until its first answer reaches the
+    /// client, to run it elsewhere if the replica fails first. `capture_done`: its end (Sync or
+    /// Query) was seen.
+    pub capture: Option<BytesMut>,
+    pub(super) capture_done: bool,
+    /// Set when the server failed in a way that allows running the captured request again.
+    pub retry: Option<RetryCause>,
+}
+
+impl Proto {
+    pub fn new(max_message: usize, rewrite: bool, stmts: ClientStatements) -> Proto {
+        Proto {
+            plan: Plan::new(b'I'),
+            stmts,
+            rewrite,
+            to_server: BytesMut::with_capacity(8192),
+            csplit: Splitter::new(max_message, STREAM_ABOVE),
+            ssplit: Splitter::new(MAX_SERVER_FRAME, STREAM_ABOVE),
+            cneed: 0,
+            sneed: 0,
+            client_skip: false,
+            stream_verdict: Verdict::Forward,
+            server_fatal: false,
+            last_bound: None,
+            invalidated: Vec::new(),
+            state: SessionState::default(),
+            unnamed_fx: Vec::new(),
+            unnamed_read: false,
+            portal_fx: Vec::new(),
+            may_pin: true,
+            wrote: false,
+            capture: None,
+            capture_done: false,
+            retry: None,
+        }
+    }
+
+    /// Refuses a statement that would pin the session when the pool's cap is reached.
+    pub(super) fn refuse_pin(&mut self, fx: &[Effect]) -> bool {
+        if self.may_pin || self.state.pins.any() {
+            return false;
+        }
+        let Some(reason) = fx.iter().find_map(pins_for) else { return false };
+        self.refuse(
+            PgError::error(
+                SqlState::TOO_MANY_CONNECTIONS,
+                format!("pgweir: this statement would pin the session to a server ({reason}) and the pool's limit of pinned clients is reached"),
+            )
+            .with_hint("raise pool.max_pinned, or avoid session state (temp tables, LISTEN, advisory locks, WITH HOLD cursors) in transaction mode"),
+        );
+        true
+    }
+
+    /// Starts keeping the request's messages so a failed replica read can run again.
+    /// A server was just attached (at a ReadyForQuery boundary with `status`).
+    pub fn attach(&mut self, status: u8) {
+        self.plan = Plan::new(status);
+        self.ssplit = Splitter::new(MAX_SERVER_FRAME, STREAM_ABOVE);
+        self.sneed = 0;
+        self.server_fatal = false;
+        self.last_bound = None;
+    }
+
+    /// Neither side is in the middle of anything.
+    pub fn quiet(&self) -> bool {
+        self.plan.quiet() && self.to_server.is_empty() && !self.csplit.mid_frame() && !self.ssplit.mid_frame()
+    }
+
+    /// Moves client frames to the server's output, renaming statements and planning answers.
+    /// Ok(None): the client said Terminate. Ok(Some(n)): the read buffer should hold `n` bytes.
+    pub fn forward_client(
+        &mut self,
+        rbuf: &mut BytesMut,
+        server: &mut ServerConn,
+        params: &ClientParams,
+        to_client: &mut BytesMut,
+        split: Option<&super::Context>,
+    ) -> Result<Option<usize>, PgError> {
+        loop {
+            if self.to_server.len() >= HIGH_WATER {
+                return Ok(Some(0));
+            }
+            // A large Bind is streamed, but its names must be here first to rename them.
+            if !self.csplit.mid_frame() && rbuf.len() < BIND_NAMES {
+                if let Ok(Some(h)) = FrameHead::parse(rbuf, usize::MAX) {
+                    if h.tag == tag::BIND && h.total > STREAM_ABOVE && stmts::parse_bind_names(&rbuf[5..]).is_none() {
+                        return Ok(Some(BIND_NAMES.min(h.total)));
+                    }
+                }
+            }
+            let rewrite = self.rewrite;
+            // In transaction mode a Query is read whole: its session effects are in its text.
+            let streamable = |t: u8| client_streamable(t) && !(rewrite && t == tag::QUERY);
+            match self.csplit.next(rbuf, streamable).map_err(protocol)? {
+                Step::Need(n) => return Ok(Some(n)),
+                Step::Whole(h) => {
+                    if h.tag == tag::TERMINATE {
+                        return Ok(None);
+                    }
+                    self.capture_client(h.tag, &rbuf[..h.total], true);
+                    self.client_message(h.tag, &rbuf[..h.total], h.total, server, params, split);
+                    rbuf.advance(h.total);
+                }
+                Step::Partial { head: Some(h), n } => {
+                    self.capture_client(h.tag, &rbuf[..n], false);
+                    self.client_message(h.tag, &rbuf[..n], h.total, server, params, split);
+                    rbuf.advance(n);
+                }
+                Step::Partial { head: None, n } => {
+                    if !self.client_skip {
+                        self.to_server.extend_from_slice(&rbuf[..n]);
+                    }
+                    rbuf.advance(n);
+                }
+            }
+            // Never inside a server message being streamed through.
+            if !self.ssplit.mid_frame() {
+                self.plan.emit_ready(to_client);
+            }
+        }
+    }
+
+    /// One client message (`frame` is all of it, or its first piece when it is streamed).
+    pub(super) fn client_message(
+        &mut self,
+        t: u8,
+        frame: &[u8],
+        total: usize,
+        server: &mut ServerConn,
+        params: &ClientParams,
+        split: Option<&super::Context>,
+    ) {
+        if self.client_skip {
+            if t == tag::SYNC {
+                self.client_skip = false;
+                self.plan.client(Unit::Sync);
+                self.to_server.extend_from_slice(frame);
+            }
+            return;
+        }
+        let body = &frame[5.min(frame.len())..];
+        let forward = |me: &mut Proto, unit: Option<Unit>| {
+            if let Some(u) = unit {
+                me.plan.client(u);
+            }
+            me.to_server.extend_from_slice(frame);
+        };
+        match t {
+            tag::QUERY if self.rewrite => {
+                let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+                let per_stmt = query_effects(&text);
+                let flat: Vec<Effect> = per_stmt.iter().flatten().cloned().collect();
+                if self.refuse_pin(&flat) {
+                    // A simple Query ends with ReadyForQuery even when refused.
+                    self.client_skip = false;
+                    let mut rfq = BytesMut::new();
+                    put_ready_for_query(&mut rfq, if self.plan.status == 0 { b'I' } else { self.plan.status });
+                    self.plan.synthetic(rfq.freeze());
+                    return;
+                }
+                let fx = (!flat.is_empty()).then(|| Box::new(QueryFx::new(per_stmt)));
+                forward(self, Some(Unit::Query(fx)));
+            }
+            tag::QUERY => forward(self, Some(Unit::Query(None))),
+            tag::FUNCTION_CALL => forward(self, Some(Unit::FunctionCall)),
+            tag::SYNC if self.plan.copy_in => forward(self, None),
+            tag::SYNC => forward(self, Some(Unit::Sync)),
+            tag::EXECUTE if self.rewrite => {
+                let portal = crate::wire::frame::cstr(body).map(|(p, _)| p).unwrap_or(b"");
+                let fx = self
+                    .portal_fx
+                    .iter()
+                    .find(|(p, _)| p.as_bytes() == portal)
+                    .map(|(_, fx)| fx.clone())
+                    .filter(|fx| !fx.is_empty());
+                if let Some(fx) = &fx {
+                    if self.refuse_pin(fx) {
+                        return;
+                    }
+                }
+                forward(self, Some(Unit::Execute(fx.map(Box::new))));
+            }
+            tag::EXECUTE => forward(self, Some(Unit::Execute(None))),
+            tag::COPY_DONE | tag::COPY_FAIL => {
+                forward(self, None);
+                self.plan.copy_end();
+            }
+            tag::PARSE if self.rewrite => self.client_parse(frame, body, server, params, split),
+            tag::PARSE => forward(self, Some(Unit::Parse { global: None, client: None })),
+            tag::BIND if self.rewrite => self.client_bind(frame, body, total, server),
+            tag::BIND => forward(self, Some(Unit::Bind)),
+            tag::DESCRIBE | tag::CLOSE => match stmts::parse_target(body) {
+                Some((b'S', name)) if self.rewrite && !name.is_empty() => {
+                    let name = name.to_string();
+                    if t == tag::CLOSE {
+                        // Other clients may share the server-side statement: only forget ours.
+                        self.stmts.remove(&name);
+                        self.plan.synthetic(bytes::Bytes::from_static(stmts::CLOSE_COMPLETE));
+                    } else if let Some(def) = self.lookup(&name) {
+                        self.ensure_prepared(&def, server);
+                        self.to_server.extend_from_slice(&stmts::target_frame(tag::DESCRIBE, b'S', &def.global));
+                        self.plan.client(Unit::DescribeStatement);
+                    }
+                }
+                Some((kind, _)) => {
+                    let unit = match (t, kind) {
+                        (tag::CLOSE, _) => Unit::Close(None),
+                        (_, b'S') => Unit::DescribeStatement,
+                        _ => Unit::DescribePortal,
+                    };
+                    forward(self, Some(unit));
+                }
+                // Malformed: let the server say so, in order.
+                None => forward(self, Some(if t == tag::CLOSE { Unit::Close(None) } else { Unit::DescribePortal })),
+            },
+            _ => forward(self, None),
+        }
+    }
+
+    /// Moves server frames to the client's output, swallowing answers to injected messages and
+    /// slotting the proxy's own answers in. Returns the bytes the read buffer should hold next.
+    pub fn forward_server(
+        &mut self,
+        server: &mut ServerConn,
+        out: &mut BytesMut,
+        params: &mut ClientParams,
+    ) -> Result<usize, PgError> {
+        loop {
+            if out.len() >= HIGH_WATER {
+                return Ok(0);
+            }
+            let step =
+                self.ssplit.next(&server.rbuf, server_streamable).map_err(|e| protocol(format!("from server: {e}")))?;
+            match step {
+                Step::Need(n) => return Ok(n),
+                Step::Whole(h) => {
+                    if self.capture.is_some() {
+                        match h.tag {
+                            tag::ERROR_RESPONSE => {
+                                if let Some(cause) = self.retry_cause(&server.rbuf[5..h.total]) {
+                                    // Nothing reached the client yet: swallow this, run it again.
+                                    self.retry = Some(cause);
+                                    return Ok(0);
+                                }
+                                self.capture = None;
+                            }
+                            // A dying server's "terminating connection" warning is not the
+                            // client's business when the read will run elsewhere.
+                            tag::NOTICE_RESPONSE if self.retry_cause(&server.rbuf[5..h.total]).is_some() => {
+                                server.rbuf.advance(h.total);
+                                continue;
+                            }
+                            tag::NOTICE_RESPONSE | tag::PARAMETER_STATUS | tag::NOTIFICATION => {}
+                            _ => self.capture = None,
+                        }
+                    }
+                    let frame = server.rbuf.split_to(h.total);
+                    let body = &frame[5..];
+                    match h.tag {
+                        tag::PARAMETER_STATUS => {
+                            if let Some((k, v)) = parse_parameter_status(body) {
+                                params.on_parameter_status(&k, &v);
+                                server.params.insert(k, v);
+                            }
+                        }
+                        tag::ERROR_RESPONSE => self.on_error(body, server),
+                        _ => {}
+                    }
+                    let (verdict, event) = self.plan.on_server(h.tag, body, out);
+                    // Completed statements first: a COMMIT's effects precede its ReadyForQuery.
+                    for (fx, tag) in std::mem::take(&mut self.plan.completed) {
+                        let mut side = ServerSide { applied: &mut server.applied, prepared: &mut server.prepared };
+                        self.state.completed(&fx, &tag, params, &mut self.stmts, &mut side);
+                    }
+                    match event {
+                        Event::ParseFailed { global, client } => {
+                            server.prepared.remove(&global);
+                            if let Some(c) = client {
+                                self.stmts.remove_if(&c, &global);
+                            }
+                        }
+                        Event::Ready(status) => {
+                            self.state.ready(status);
+                            // No transaction open and no batch half-sent: no portal can depend
+                            // on a statement any more. Statements bound by requests already
+                            // forwarded are used before any Close queued from now on (the
+                            // server reads in order), so all may be evicted again: this bounds
+                            // the cache under an endless pipeline.
+                            if status == b'I' && !self.plan.batch_open() {
+                                server.prepared.release();
+                            }
+                        }
+                        Event::None => {}
+                    }
+                    // Messages the server skipped after an error: their cache changes are undone.
+                    for d in std::mem::take(&mut self.plan.dropped) {
+                        match d {
+                            Dropped::Parse { global, client } => {
+                                server.prepared.remove(&global);
+                                if let Some(c) = client {
+                                    self.stmts.remove_if(&c, &global);
+                                }
+                            }
+                            // The eviction did not happen: close it again, after the Sync.
+                            Dropped::Close { global } => self.close_on_server(&global),
+                        }
+                    }
+                    if verdict == Verdict::Forward {
+                        out.extend_from_slice(&frame);
+                    }
+                    self.plan.emit_ready(out);
+                }
+                Step::Partial { head, n } => {
+                    self.capture = None;
+                    if let Some(h) = head {
+                        self.stream_verdict = self.plan.on_server(h.tag, &server.rbuf[5..n], out).0;
+                    }
+                    if self.stream_verdict == Verdict::Forward {
+                        out.extend_from_slice(&server.rbuf[..n]);
+                    }
+                    server.rbuf.advance(n);
+                }
+            }
+            server.status = self.plan.status;
+        }
+    }
+
+    pub(super) fn on_error(&mut self, body: &[u8], server: &mut ServerConn) {
+        let f = ErrorFields::parse(body);
+        if f.is_fatal() {
+            self.server_fatal = true;
+        }
+        // The statement's result type changed under it: close it on this server and have the
+        // pool drop it everywhere; the client sees this error once.
+        if f.code.as_deref() == Some("0A000") && f.message.as_deref() == Some("cached plan must not change result type")
+        {
+            if let Some(g) = self.last_bound.take() {
+                server.prepared.remove(&g);
+                self.close_on_server(&g);
+                self.invalidated.push(g);
+            }
+        }
+    }
+}
+
+/// Parse, Describe and Close are held whole (they are renamed); anything else may stream.
+fn client_streamable(t: u8) -> bool {
+    !matches!(t, tag::PARSE | tag::DESCRIBE | tag::CLOSE)
+}
+
+fn server_streamable(t: u8) -> bool {
+    !matches!(t, tag::READY_FOR_QUERY | tag::PARAMETER_STATUS | tag::ERROR_RESPONSE | tag::COPY_IN_RESPONSE)
+}
