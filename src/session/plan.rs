@@ -167,6 +167,17 @@ impl Plan {
         self.q.is_empty() && self.rfq_seen && self.status == b'I' && !self.copy_in && !self.open_batch
     }
 
+    /// A request still owed an answer would commit a transaction (its outcome is unknown if
+    /// the server dies now).
+    pub fn pending_commit(&self) -> bool {
+        use crate::route::session_sql::Effect;
+        self.q.iter().any(|e| match e {
+            Entry::Client(Unit::Execute(Some(fx))) => fx.contains(&Effect::Commit),
+            Entry::Client(Unit::Query(Some(q))) => q.pending.iter().flatten().any(|x| *x == Effect::Commit),
+            _ => false,
+        })
+    }
+
     /// The client is in the middle of an extended batch (messages since its last Sync).
     pub fn batch_open(&self) -> bool {
         self.open_batch

@@ -56,6 +56,9 @@ pub struct Proto {
     pub(super) stream_verdict: Verdict,
     /// A FATAL error from the server passed through.
     pub server_fatal: bool,
+    /// In transaction mode a server's FATAL is held back (the client stays connected): its
+    /// message, for the error the client gets instead.
+    pub held_fatal: Option<String>,
     /// The statement of the last Bind (for "cached plan must not change result type").
     pub(super) last_bound: Option<Arc<str>>,
     /// Statements found stale on this server: the caller tells the pool.
@@ -94,6 +97,7 @@ impl Proto {
             client_skip: false,
             stream_verdict: Verdict::Forward,
             server_fatal: false,
+            held_fatal: None,
             last_bound: None,
             invalidated: Vec::new(),
             state: SessionState::default(),
@@ -336,7 +340,15 @@ impl Proto {
                                 server.params.insert(k, v);
                             }
                         }
-                        tag::ERROR_RESPONSE => self.on_error(body, server),
+                        tag::ERROR_RESPONSE => {
+                            let f = ErrorFields::parse(body);
+                            if f.is_fatal() && self.rewrite {
+                                // The server is going away; the session answers the client.
+                                self.held_fatal = Some(f.to_string());
+                                continue;
+                            }
+                            self.on_error(body, server);
+                        }
                         _ => {}
                     }
                     let (verdict, event) = self.plan.on_server(h.tag, body, out);

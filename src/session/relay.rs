@@ -163,6 +163,13 @@ impl<'a> Session<'a> {
                         discard(s);
                     }
                     self.cancel.slot.detach().await;
+                    if self.login.mode == PoolMode::Transaction && !self.proto.state.pins.any() {
+                        // The client keeps its connection: its request fails with a class 08
+                        // error and the next one gets another server (after a failover, the
+                        // new primary).
+                        self.answer_lost_requests();
+                        continue;
+                    }
                     if !self.proto.server_fatal {
                         PgError::fatal(
                             SqlState::CONNECTION_FAILURE,
@@ -388,6 +395,33 @@ impl<'a> Session<'a> {
             tracing::debug!(pool = %self.login.pool.name, "closing a server connection its client left mid-request");
             discard(server);
         }
+    }
+
+    /// The server died under the client's requests: each request still owed an answer gets a
+    /// class 08 error and ReadyForQuery (08007 for a COMMIT, whose outcome is unknown); a batch
+    /// the client has not finished yet is dropped up to its Sync.
+    fn answer_lost_requests(&mut self) {
+        let plan = &self.proto.plan;
+        let (code, what) = if plan.pending_commit() {
+            (SqlState("08007"), "the COMMIT's outcome is unknown: check before retrying")
+        } else {
+            (SqlState::CONNECTION_FAILURE, "the request (and its transaction, if any) did not complete")
+        };
+        let detail = self.proto.held_fatal.take().unwrap_or_else(|| "the server closed the connection".into());
+        let err = PgError::error(code, format!("pgweir: lost the server connection: {what}")).with_detail(detail);
+        for _ in 0..plan.pending_boundaries() {
+            err.encode(&mut self.client.wbuf);
+            put_ready_for_query(&mut self.client.wbuf, b'I');
+        }
+        if plan.batch_open() || self.proto.client_skip {
+            if plan.pending_boundaries() == 0 {
+                err.encode(&mut self.client.wbuf);
+            }
+            self.skip_to_sync = true;
+        }
+        self.proto.client_skip = false;
+        self.proto.plan = super::plan::Plan::new(b'I');
+        self.proto.to_server.clear();
     }
 
     /// Answers a request that cannot be served (wait timeout, cancel) with an error; the

@@ -256,3 +256,38 @@ async fn connections_are_replaced_after_their_lifetime() {
     let second = scalar(&a, "select pg_backend_pid()").await.unwrap();
     assert_ne!(first, second);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_server_died_keeps_its_connection() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 2\n")).await;
+    let a = std::sync::Arc::new(connect(proxy.local_addr(), "app", None, "postgres").await);
+    let sleeper = tokio::spawn({
+        let a = a.clone();
+        async move { a.simple_query("select pg_sleep(30)").await.map(|_| ()) }
+    });
+    crate::support::wait_until_running(&pg, "select pg_sleep(30)").await;
+    pg.psql(
+        "postgres",
+        "postgres",
+        "select pg_terminate_backend(pid) from pg_stat_activity where query = 'select pg_sleep(30)'",
+    );
+    let err = tokio::time::timeout(Duration::from_secs(5), sleeper).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(sqlstate(&err), "08006", "{err}");
+    // Same connection, next request: another server.
+    assert_eq!(scalar(&a, "select 'alive'").await.unwrap(), "alive");
+    // A COMMIT that the server dies under is reported as of unknown outcome.
+    a.simple_query("begin").await.unwrap();
+    let pid = scalar(&a, "select pg_backend_pid()").await.unwrap();
+    let killer = {
+        let info = pg.conninfo("postgres", "postgres");
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            crate::harness::pg::try_psql(&info, &format!("select pg_terminate_backend({pid})")).unwrap();
+        })
+    };
+    let err = a.simple_query("select pg_sleep(5); commit").await.unwrap_err();
+    killer.join().unwrap();
+    assert_eq!(sqlstate(&err), "08007", "{err}");
+    assert_eq!(scalar(&a, "select 'still alive'").await.unwrap(), "still alive");
+}
