@@ -193,6 +193,8 @@ pub struct Routing {
     pub max_lag_ms: u64,
     pub read_your_writes: bool,
     pub health_interval: Duration,
+    /// How long a write waits for a promoted primary when the primary is down.
+    pub failover_timeout: Duration,
     /// Functions that write (besides the built-in list): calls route to the primary.
     pub write_functions: Vec<String>,
     /// Who the lag monitor logs in as (default: the upstream URL's user, else auth_query's).

@@ -36,6 +36,7 @@ pub struct RawRouting {
     pub max_lag_ms: Option<Spanned<u64>>,
     pub read_your_writes: Option<bool>,
     pub health_interval: Option<Spanned<DurationValue>>,
+    pub failover_timeout: Option<Spanned<DurationValue>>,
     #[serde(default)]
     pub write_functions: Vec<String>,
     pub monitor_user: Option<Spanned<String>>,

@@ -356,6 +356,11 @@ impl Validator<'_> {
                 "routing.health_interval",
                 Duration::from_millis(500),
             )?,
+            failover_timeout: self.duration(
+                &r.failover_timeout,
+                "routing.failover_timeout",
+                Duration::from_secs(30),
+            )?,
             write_functions: r.write_functions.iter().map(|f| f.to_ascii_lowercase()).collect(),
             monitor_user: r.monitor_user.as_ref().map(|v| self.expand(v, "routing.monitor_user")).transpose()?,
             monitor_password: r

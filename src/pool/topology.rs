@@ -37,6 +37,12 @@ pub struct Topology {
     pub primary_lsn: AtomicU64,
     pub replicas: Vec<ReplicaState>,
     pub primary_outstanding: AtomicUsize,
+    /// Which member is the primary: 0 the configured one, i + 1 replica i after a failover.
+    pub primary_member: AtomicUsize,
+    /// The primary does not answer (or is in recovery): writes wait for a promoted member.
+    pub primary_down: AtomicBool,
+    /// Woken when the primary changes.
+    pub changed: tokio::sync::Notify,
     routing: Routing,
 }
 
@@ -56,12 +62,23 @@ impl Topology {
             primary_lsn: AtomicU64::new(0),
             replicas: cluster.replicas.iter().map(|_| ReplicaState::default()).collect(),
             primary_outstanding: AtomicUsize::new(0),
+            primary_member: AtomicUsize::new(0),
+            primary_down: AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
             routing: routing.clone(),
         }
     }
 
+    /// The replica index that is now the primary, if a failover promoted one.
+    pub fn promoted_replica(&self) -> Option<usize> {
+        self.primary_member.load(Ordering::Relaxed).checked_sub(1)
+    }
+
     /// Is replica `i` healthy, within the lag bounds, and past `min_lsn` (read-your-writes)?
     pub fn usable(&self, i: usize, min_lsn: u64) -> bool {
+        if self.promoted_replica() == Some(i) {
+            return false;
+        }
         let r = &self.replicas[i];
         if !r.healthy.load(Ordering::Relaxed) {
             return false;
@@ -140,9 +157,20 @@ pub async fn monitor(
     // primary passed the replica's replay position (0 when caught up), which stays right on an
     // idle primary, unlike "now - last replayed commit".
     let mut history: std::collections::VecDeque<(std::time::Instant, u64)> = Default::default();
+    let members: Vec<&Endpoint> = std::iter::once(&cluster.primary).chain(&cluster.replicas).collect();
     loop {
-        if let Some(row) = query_member(&cluster.primary, &login, "select pg_current_wal_lsn()::text", timeout).await {
-            if let Some(lsn) = row.try_get::<_, String>(0).ok().and_then(|s| parse_lsn(&s)) {
+        let current = top.primary_member.load(Ordering::Relaxed);
+        let sql =
+            "select pg_is_in_recovery(), case when pg_is_in_recovery() then null else pg_current_wal_lsn()::text end";
+        let answer = query_member(members[current], &login, sql, timeout).await;
+        let lsn = answer.as_ref().and_then(|row| {
+            let in_recovery: bool = row.try_get(0).unwrap_or(true);
+            let lsn: Option<String> = row.try_get(1).ok().flatten();
+            (!in_recovery).then(|| lsn.and_then(|s| parse_lsn(&s))).flatten()
+        });
+        match lsn {
+            Some(lsn) => {
+                top.primary_down.store(false, Ordering::Relaxed);
                 top.primary_lsn.store(lsn, Ordering::Relaxed);
                 if history.back().is_none_or(|(_, l)| *l < lsn) {
                     history.push_back((std::time::Instant::now(), lsn));
@@ -155,8 +183,28 @@ pub async fn monitor(
                     history.pop_front();
                 }
             }
+            None => {
+                if !top.primary_down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(cluster = %top.cluster, primary = %members[current].addr(), "primary unreachable or in recovery; looking for a promoted member");
+                }
+                // Failover: the first other member that answers and is not in recovery.
+                for (m, ep) in members.iter().enumerate().filter(|(m, _)| *m != current) {
+                    let row = query_member(ep, &login, "select pg_is_in_recovery()", timeout).await;
+                    if row.and_then(|r| r.try_get::<_, bool>(0).ok()) == Some(false) {
+                        tracing::warn!(cluster = %top.cluster, new_primary = %ep.addr(), "failover: writes go to the promoted member");
+                        top.primary_member.store(m, Ordering::Relaxed);
+                        top.primary_down.store(false, Ordering::Relaxed);
+                        history.clear();
+                        top.changed.notify_waiters();
+                        break;
+                    }
+                }
+            }
         }
         for (i, ep) in cluster.replicas.iter().enumerate() {
+            if top.promoted_replica() == Some(i) {
+                continue;
+            }
             let sql = "select pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn(), '0/0')::text";
             let state = &top.replicas[i];
             match query_member(ep, &login, sql, timeout).await {
@@ -182,8 +230,10 @@ pub async fn monitor(
                 }
             }
         }
+        // Look again soon while writes are waiting for a primary.
+        let pause = if top.primary_down.load(Ordering::Relaxed) { every.min(Duration::from_millis(50)) } else { every };
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => return,
         }
     }
@@ -208,6 +258,7 @@ mod tests {
             max_lag_ms: 1000,
             read_your_writes: true,
             health_interval: Duration::from_millis(100),
+            failover_timeout: Duration::from_secs(1),
             write_functions: vec![],
             monitor_user: None,
             monitor_password: None,

@@ -214,7 +214,7 @@ impl<'a> Session<'a> {
                 report.sort();
                 if self.login.mode == PoolMode::Session {
                     self.cancel.slot.attach(server.cancel_key.clone());
-                    let pool = self.login.pool.clone();
+                    let pool = self.write_pool();
                     self.attach(server, pool, Member::Primary);
                 } else {
                     self.ctx.welcomes.put(key, Welcome { report: report.clone(), client: self.params.clone() });
@@ -234,7 +234,7 @@ impl<'a> Session<'a> {
 
     /// A server with the client's startup settings applied (which checks them).
     async fn first_server(&mut self) -> Result<Pooled, ClientFacing> {
-        let pool = self.login.pool.clone();
+        let pool = self.write_pool();
         let mut server = pool.checkout().await.map_err(|e| match e {
             crate::pool::CheckoutError::Server(s) => s.client_error(),
             other => {
@@ -289,8 +289,10 @@ impl<'a> Session<'a> {
     async fn acquire(&mut self, mut member: Member) -> Result<(), PgError> {
         let slot = self.cancel.slot.clone();
         let (mut server, pool) = loop {
+            let primary_now =
+                self.login.topology.as_ref().map(|t| t.primary_member.load(std::sync::atomic::Ordering::Relaxed));
             let pool = match member {
-                Member::Primary => self.login.pool.clone(),
+                Member::Primary => self.write_pool(),
                 Member::Replica(i) => self.login.replicas[i].clone(),
             };
             let got = {
@@ -309,6 +311,16 @@ impl<'a> Session<'a> {
                 (Err(crate::pool::CheckoutError::Server(e)), Member::Replica(i)) => {
                     self.ban_replica(i, &e.to_string());
                     member = self.choose_member().0;
+                }
+                // The primary is gone: hold the write while the monitor looks for a promoted
+                // member, then use it.
+                (Err(crate::pool::CheckoutError::Server(e)), Member::Primary)
+                    if e.is_transient() && primary_now.is_some() =>
+                {
+                    if !self.wait_for_failover(primary_now.unwrap_or(0)).await {
+                        return Err(PgError::error(SqlState::CONNECTION_FAILURE, format!("pgweir: {e}"))
+                            .with_detail("no promoted primary appeared within routing.failover_timeout"));
+                    }
                 }
                 (Err(e), _) => return Err(e.to_pg()),
             }

@@ -104,6 +104,39 @@ impl Session<'_> {
         (member, false)
     }
 
+    /// The pool of the current primary (another member's after a failover).
+    pub(super) fn write_pool(&self) -> std::sync::Arc<crate::pool::ServerPool> {
+        match self.login.topology.as_ref().and_then(|t| t.promoted_replica()) {
+            Some(i) if i < self.login.replicas.len() => self.login.replicas[i].clone(),
+            _ => self.login.pool.clone(),
+        }
+    }
+
+    /// After a write could not get a primary connection: waits (up to the failover timeout) for
+    /// the monitor to find a promoted member. True if the primary changed and it is worth
+    /// trying again.
+    pub(super) async fn wait_for_failover(&self, since: usize) -> bool {
+        let Some(top) = self.login.topology.as_ref() else { return false };
+        let deadline = tokio::time::Instant::now() + self.ctx.config.routing.failover_timeout;
+        loop {
+            if top.primary_member.load(Ordering::Relaxed) != since {
+                return true;
+            }
+            let notified = top.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if top.primary_member.load(Ordering::Relaxed) != since {
+                return true;
+            }
+            let step = tokio::time::Instant::now() + std::time::Duration::from_millis(100);
+            if tokio::time::timeout_at(step.min(deadline), notified).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return false;
+            }
+        }
+    }
+
     /// Marks replica `i` unusable until the monitor sees it answer again.
     pub(super) fn ban_replica(&self, i: usize, why: &str) {
         if let Some(top) = self.login.topology.as_ref() {

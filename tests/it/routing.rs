@@ -272,3 +272,78 @@ async fn a_replica_stopped_during_pgbench_costs_no_transactions() {
     assert!(text.contains("number of failed transactions: 0 (0.000%)"), "{text}");
     assert!(!text.contains("aborted"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_to_a_promoted_replica_keeps_every_client() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    let mut primary = PgCluster::start(PgOptions::default());
+    let replica = primary.start_replica();
+    primary.psql("postgres", "postgres", "create table fo(id serial primary key, w int)");
+    let rc = &replica;
+    assert!(
+        crate::support::eventually(Duration::from_secs(10), || {
+            rc.psql("postgres", "postgres", "select count(*) from pg_tables where tablename = 'fo'") == "1"
+        })
+        .await
+    );
+    let toml = config(&[&replica]).replace("[routing]\n", "[routing]\nfailover_timeout = \"10s\"\n");
+    let proxy = start_proxy(&primary, &toml).await;
+    wait_for_replicas(proxy.local_addr(), primary.port()).await;
+    let idle = connect(proxy.local_addr(), "postgres", None, "postgres").await;
+    idle.simple_query("select 1").await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let successes: Arc<Mutex<Vec<(usize, Instant)>>> = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..8usize {
+        let c = connect(proxy.local_addr(), "postgres", None, "postgres").await;
+        let (stop, successes) = (stop.clone(), successes.clone());
+        writers.push(tokio::spawn(async move {
+            let mut errors = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match c.simple_query(&format!("insert into fo(w) values ({w})")).await {
+                    Ok(_) => successes.lock().unwrap().push((w, Instant::now())),
+                    Err(e) => {
+                        errors += 1;
+                        assert!(crate::support::sqlstate(&e).starts_with("08"), "writer {w}: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            errors
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| {
+        replica.promote();
+        primary.stop();
+    });
+    let promoted = Instant::now();
+    let everyone_back = crate::support::eventually(Duration::from_secs(5), || {
+        let s = successes.lock().unwrap();
+        (0..8).all(|w| s.iter().any(|(x, t)| *x == w && *t > promoted))
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(everyone_back, "not every writer resumed on its own connection");
+    let gap = {
+        let s = successes.lock().unwrap();
+        (0..8)
+            .map(|w| s.iter().filter(|(x, t)| *x == w && *t > promoted).map(|(_, t)| *t).min().unwrap() - promoted)
+            .max()
+            .unwrap()
+    };
+    eprintln!("failover gap: writes resumed {gap:?} after promotion");
+    assert!(gap < Duration::from_secs(2), "writes resumed only after {gap:?}");
+    // A client idle through it all just works, on the new primary.
+    idle.simple_query("insert into fo(w) values (99)").await.unwrap();
+    let c = connect(proxy.local_addr(), "postgres", None, "postgres").await;
+    c.simple_query("SET pgweir.route = primary").await.unwrap();
+    assert_eq!(served_by(&c).await, replica.port());
+}
