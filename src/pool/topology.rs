@@ -28,7 +28,15 @@ pub struct ReplicaState {
     pub healthy: AtomicBool,
     /// Requests currently running on it through this proxy.
     pub outstanding: AtomicUsize,
+    /// Banned after a failure until this time (ms since the topology was made), with a
+    /// backoff that doubles per consecutive failure.
+    banned_until_ms: AtomicU64,
+    failures: std::sync::atomic::AtomicU32,
 }
+
+/// First and longest ban of a failed replica.
+const BAN_MIN: Duration = Duration::from_millis(250);
+const BAN_MAX: Duration = Duration::from_secs(30);
 
 /// A cluster's members as the monitor last saw them.
 #[derive(Debug)]
@@ -44,6 +52,7 @@ pub struct Topology {
     /// Woken when the primary changes.
     pub changed: tokio::sync::Notify,
     routing: Routing,
+    born: std::time::Instant,
 }
 
 /// Where a read goes.
@@ -66,7 +75,23 @@ impl Topology {
             primary_down: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
             routing: routing.clone(),
+            born: std::time::Instant::now(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// Takes replica `i` out of rotation after a failure, for longer each time it fails again.
+    /// Returns the ban's length.
+    pub fn ban(&self, i: usize) -> Duration {
+        let r = &self.replicas[i];
+        let n = r.failures.fetch_add(1, Ordering::Relaxed).min(16);
+        let ban = (BAN_MIN * 2u32.pow(n)).min(BAN_MAX);
+        r.banned_until_ms.store(self.now_ms() + ban.as_millis() as u64, Ordering::Relaxed);
+        r.healthy.store(false, Ordering::Relaxed);
+        ban
     }
 
     /// The replica index that is now the primary, if a failover promoted one.
@@ -80,7 +105,7 @@ impl Topology {
             return false;
         }
         let r = &self.replicas[i];
-        if !r.healthy.load(Ordering::Relaxed) {
+        if !r.healthy.load(Ordering::Relaxed) || r.banned_until_ms.load(Ordering::Relaxed) > self.now_ms() {
             return false;
         }
         let replay = r.replay_lsn.load(Ordering::Relaxed);
@@ -222,6 +247,10 @@ pub async fn monitor(
                         tracing::warn!(cluster = %top.cluster, replica = %ep.addr(), "replica is not in recovery; not routing reads to it");
                     }
                     state.healthy.store(in_recovery, Ordering::Relaxed);
+                    if in_recovery && state.banned_until_ms.load(Ordering::Relaxed) + 5_000 < top.now_ms() {
+                        // Answering well for a while after its last ban: the backoff starts over.
+                        state.failures.store(0, Ordering::Relaxed);
+                    }
                 }
                 None => {
                     if state.healthy.swap(false, Ordering::Relaxed) {
@@ -291,6 +320,17 @@ mod tests {
         // Lag bounds.
         t.primary_lsn.store(5000, Ordering::Relaxed);
         assert_eq!(t.pick_read(0), Target::Primary, "both replicas too far behind");
+    }
+
+    #[test]
+    fn a_banned_replica_stays_out_for_a_growing_while() {
+        let t = topo(1, PrimaryReads::Fallback);
+        t.replicas[0].healthy.store(true, Ordering::Relaxed);
+        assert_eq!(t.pick_read(0), Target::Replica(0));
+        assert_eq!(t.ban(0), BAN_MIN);
+        t.replicas[0].healthy.store(true, Ordering::Relaxed);
+        assert_eq!(t.pick_read(0), Target::Primary, "banned even though the monitor saw it answer");
+        assert_eq!(t.ban(0), BAN_MIN * 2);
     }
 
     #[test]

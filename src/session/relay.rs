@@ -294,6 +294,12 @@ impl<'a> Session<'a> {
             let pool = match member {
                 Member::Primary => self.write_pool(),
                 Member::Replica(i) => self.login.replicas[i].clone(),
+                Member::Nowhere => {
+                    return Err(PgError::error(
+                        SqlState::CONNECTION_EXCEPTION,
+                        "pgweir: no replica can serve this read now, and routing.primary_reads = never",
+                    ))
+                }
             };
             let got = {
                 let notified = slot.queued.notified();

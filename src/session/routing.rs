@@ -47,6 +47,8 @@ mod tests {
 pub enum Member {
     Primary,
     Replica(usize),
+    /// A read with no usable replica under primary_reads = never.
+    Nowhere,
 }
 
 impl Session<'_> {
@@ -93,12 +95,8 @@ impl Session<'_> {
         }
         let member = match top.pick_read(self.min_lsn) {
             Target::Replica(i) => Member::Replica(i),
-            // primary_reads = never with no usable replica: the primary still answers rather
-            // than failing the read (logged); the lag monitor will bring replicas back.
-            Target::Nowhere => {
-                tracing::debug!(cluster = %top.cluster, "no usable replica for a read; using the primary");
-                Member::Primary
-            }
+            // primary_reads = never with no usable replica: the read is refused (see acquire).
+            Target::Nowhere => Member::Nowhere,
             Target::Primary => Member::Primary,
         };
         (member, false)
@@ -140,9 +138,8 @@ impl Session<'_> {
     /// Marks replica `i` unusable until the monitor sees it answer again.
     pub(super) fn ban_replica(&self, i: usize, why: &str) {
         if let Some(top) = self.login.topology.as_ref() {
-            if top.replicas[i].healthy.swap(false, Ordering::Relaxed) {
-                tracing::warn!(cluster = %top.cluster, replica = i, error = why, "replica failed; reads go elsewhere");
-            }
+            let ban = top.ban(i);
+            tracing::warn!(cluster = %top.cluster, replica = i, error = why, ?ban, "replica failed; reads go elsewhere");
         }
     }
 
@@ -152,6 +149,7 @@ impl Session<'_> {
         let counter = match member {
             Member::Primary => &top.primary_outstanding,
             Member::Replica(i) => &top.replicas[i].outstanding,
+            Member::Nowhere => return,
         };
         if delta > 0 {
             counter.fetch_add(1, Ordering::Relaxed);
