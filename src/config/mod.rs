@@ -192,6 +192,9 @@ pub struct Routing {
     pub max_lag_bytes: u64,
     pub max_lag_ms: u64,
     pub read_your_writes: bool,
+    /// A plain BEGIN is answered by the proxy and the transaction's member chosen by its first
+    /// statement (a read goes to a replica, where any later write fails with 25006).
+    pub defer_begin: bool,
     pub health_interval: Duration,
     /// How long a write waits for a promoted primary when the primary is down.
     pub failover_timeout: Duration,

@@ -35,6 +35,7 @@ pub struct RawRouting {
     pub max_lag_bytes: Option<Spanned<u64>>,
     pub max_lag_ms: Option<Spanned<u64>>,
     pub read_your_writes: Option<bool>,
+    pub defer_begin: Option<bool>,
     pub health_interval: Option<Spanned<DurationValue>>,
     pub failover_timeout: Option<Spanned<DurationValue>>,
     #[serde(default)]

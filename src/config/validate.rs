@@ -351,6 +351,7 @@ impl Validator<'_> {
             max_lag_bytes: r.max_lag_bytes.as_ref().map(|v| *v.get_ref()).unwrap_or(16 << 20),
             max_lag_ms: r.max_lag_ms.as_ref().map(|v| *v.get_ref()).unwrap_or(5_000),
             read_your_writes: r.read_your_writes.unwrap_or(true),
+            defer_begin: r.defer_begin.unwrap_or(false),
             health_interval: self.duration(
                 &r.health_interval,
                 "routing.health_interval",

@@ -286,6 +286,7 @@ mod tests {
             max_lag_bytes: 1000,
             max_lag_ms: 1000,
             read_your_writes: true,
+            defer_begin: false,
             health_interval: Duration::from_millis(100),
             failover_timeout: Duration::from_secs(1),
             write_functions: vec![],

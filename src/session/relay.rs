@@ -49,6 +49,8 @@ pub(super) struct Session<'a> {
     /// request has been retried, so it is not retried twice.
     retry_primary: bool,
     retried: bool,
+    /// A BEGIN answered by the proxy, to send ahead of the transaction's first statement.
+    pub(super) deferred_begin: Option<String>,
 }
 
 impl Drop for Session<'_> {
@@ -96,6 +98,7 @@ impl<'a> Session<'a> {
             route_override: None,
             retry_primary: false,
             retried: false,
+            deferred_begin: None,
         }
     }
 
@@ -109,7 +112,7 @@ impl<'a> Session<'a> {
             if self.server.is_none() {
                 match poll_fn(|cx| self.poll_idle(cx)).await {
                     Idle::Request => {
-                        if self.answer_proxy_statement() {
+                        if self.answer_proxy_statement() || self.defer_begin() {
                             continue;
                         }
                         let split = self.login.topology.as_ref().map(|_| self.ctx);
@@ -129,6 +132,7 @@ impl<'a> Session<'a> {
                         if let Some(m) = self.member {
                             self.arm_retry(m, retrying);
                         }
+                        self.send_deferred_begin();
                     }
                     Idle::Terminate | Idle::Gone => return,
                     Idle::Bad(e) => return self.client.fatal(e).await,

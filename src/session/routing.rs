@@ -180,6 +180,66 @@ impl Session<'_> {
 }
 
 impl Session<'_> {
+    /// With `routing.defer_begin`: a plain BEGIN (simple Query) is answered here and sent
+    /// later, in front of the transaction's first statement, to the member that statement
+    /// chooses; COMMIT or ROLLBACK of a transaction that never ran anything is answered here
+    /// too. Returns true if it answered.
+    pub(super) fn defer_begin(&mut self) -> bool {
+        if !self.ctx.config.routing.defer_begin
+            || self.login.topology.is_none()
+            || self.login.mode != PoolMode::Transaction
+        {
+            return false;
+        }
+        let buf = &self.client.rbuf;
+        let Ok(Some(h)) = FrameHead::parse(buf, usize::MAX) else { return false };
+        if h.tag != tag::QUERY || buf.len() < h.total || h.total > 1024 {
+            return false;
+        }
+        let text = String::from_utf8_lossy(&buf[5..h.total - 1]).to_string();
+        let c = {
+            let mut cache = self.ctx.classifier.lock().unwrap_or_else(|p| p.into_inner());
+            cache.classify(&text, &self.ctx.config.routing.write_functions)
+        };
+        let (tag_text, status) = match (&c.txn, self.deferred_begin.is_some()) {
+            (Some(TxnControl::Begin { read_only: false, serializable: false, .. }), false)
+                if crate::route::lexer::split_statements(&text).len() == 1 =>
+            {
+                self.deferred_begin = Some(text);
+                ("BEGIN", b'T')
+            }
+            (Some(TxnControl::Commit), true) => {
+                self.deferred_begin = None;
+                ("COMMIT", b'I')
+            }
+            (Some(TxnControl::Rollback), true) => {
+                self.deferred_begin = None;
+                ("ROLLBACK", b'I')
+            }
+            _ => return false,
+        };
+        self.client.rbuf.advance(h.total);
+        let mut body = tag_text.as_bytes().to_vec();
+        body.push(0);
+        put_frame(&mut self.client.wbuf, b'C', &body);
+        put_ready_for_query(&mut self.client.wbuf, status);
+        true
+    }
+
+    /// Sends a deferred BEGIN ahead of the transaction's first request (its answers are
+    /// swallowed: the client had them already).
+    pub(super) fn send_deferred_begin(&mut self) {
+        let Some(begin) = self.deferred_begin.take() else { return };
+        let Some(server) = self.server.as_mut() else { return };
+        let server: &mut crate::server::ServerConn = server;
+        crate::wire::backend::put_query(&mut self.proto.to_server, &begin);
+        self.proto.plan.injected(crate::session::plan::Unit::Query(None));
+        let mut side =
+            crate::session::state::ServerSide { applied: &mut server.applied, prepared: &mut server.prepared };
+        let begin = [crate::route::session_sql::Effect::Begin];
+        self.proto.state.completed(&begin, "BEGIN", &mut self.params, &mut self.proto.stmts, &mut side);
+    }
+
     /// Answers the proxy's own settings without a server: `SET pgweir.route = primary | replica
     /// | auto`, `SET pgweir.min_lsn = 'X/Y'` (read-your-writes across an application's own
     /// connections) and `SHOW pgweir.lsn` / `SHOW pgweir.route`. Returns true if it answered.

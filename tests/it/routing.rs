@@ -347,3 +347,39 @@ async fn failover_to_a_promoted_replica_keeps_every_client() {
     c.simple_query("SET pgweir.route = primary").await.unwrap();
     assert_eq!(served_by(&c).await, replica.port());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_begin_lets_read_transactions_use_replicas() {
+    let primary = PgCluster::start(PgOptions::default());
+    let replica = primary.start_replica();
+    primary.psql("postgres", "postgres", "create table dt(x int)");
+    let rc = &replica;
+    assert!(
+        crate::support::eventually(Duration::from_secs(10), || {
+            rc.psql("postgres", "postgres", "select count(*) from pg_tables where tablename = 'dt'") == "1"
+        })
+        .await
+    );
+    let toml = config(&[&replica]).replace("[routing]\n", "[routing]\ndefer_begin = true\n");
+    let proxy = start_proxy(&primary, &toml).await;
+    wait_for_replicas(proxy.local_addr(), primary.port()).await;
+    let c = connect(proxy.local_addr(), "postgres", None, "postgres").await;
+    // A transaction whose first statement reads runs on a replica, BEGIN included.
+    c.simple_query("BEGIN").await.unwrap();
+    assert_ne!(served_by(&c).await, primary.port());
+    assert_eq!(scalar(&c, "select count(*) from dt").await.unwrap(), "0");
+    c.simple_query("COMMIT").await.unwrap();
+    // One that starts with a write runs on the primary, and commits.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("insert into dt values (1)").await.unwrap();
+    assert_eq!(served_by(&c).await, primary.port());
+    c.simple_query("COMMIT").await.unwrap();
+    assert_eq!(primary.psql("postgres", "postgres", "select count(*) from dt"), "1");
+    // An empty transaction never needs a server; a rolled-back one leaves nothing.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("ROLLBACK").await.unwrap();
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("insert into dt values (2)").await.unwrap();
+    c.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(primary.psql("postgres", "postgres", "select count(*) from dt"), "1");
+}
