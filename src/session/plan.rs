@@ -144,6 +144,17 @@ impl Plan {
         Plan { status, ..Plan::default() }
     }
 
+    /// Starts over for a newly attached server, keeping the queue's allocation.
+    pub fn reset(&mut self, status: u8) {
+        self.q.clear();
+        self.status = status;
+        self.rfq_seen = false;
+        self.copy_in = false;
+        self.completed.clear();
+        self.dropped.clear();
+        self.open_batch = false;
+    }
+
     pub fn client(&mut self, unit: Unit) {
         self.open_batch = !unit.is_boundary();
         self.q.push_back(Entry::Client(unit));

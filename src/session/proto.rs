@@ -131,7 +131,7 @@ impl Proto {
     /// Starts keeping the request's messages so a failed replica read can run again.
     /// A server was just attached (at a ReadyForQuery boundary with `status`).
     pub fn attach(&mut self, status: u8) {
-        self.plan = Plan::new(status);
+        self.plan.reset(status);
         self.ssplit = Splitter::new(MAX_SERVER_FRAME, STREAM_ABOVE);
         self.sneed = 0;
         self.server_fatal = false;

@@ -442,7 +442,7 @@ impl<'a> Session<'a> {
             self.skip_to_sync = true;
         }
         self.proto.client_skip = false;
-        self.proto.plan = super::plan::Plan::new(b'I');
+        self.proto.plan.reset(b'I');
         self.proto.to_server.clear();
     }
 

@@ -249,7 +249,12 @@ impl Session<'_> {
         if h.tag != tag::QUERY || buf.len() < h.total || h.total > 512 {
             return false;
         }
-        let text = String::from_utf8_lossy(&buf[5..h.total - 1]).to_string();
+        // Cheap test first: only SET/SHOW of a pgweir.* name can be ours.
+        let body = &buf[5..h.total - 1];
+        if !memchr_ci(body, b"pgweir.") {
+            return false;
+        }
+        let text = String::from_utf8_lossy(body).to_string();
         let Some(answer) = proxy_statement(&text) else { return false };
         self.client.rbuf.advance(h.total);
         let out = &mut self.client.wbuf;
@@ -290,6 +295,11 @@ impl Session<'_> {
         put_ready_for_query(out, b'I');
         true
     }
+}
+
+/// Case-insensitive substring test without allocating.
+fn memchr_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 enum ProxyStatement {
