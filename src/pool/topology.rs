@@ -16,6 +16,11 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
+/// The timeline of a WAL file name ("00000002000000000000000A" → 2).
+pub fn timeline_of(walfile: &str) -> Option<u32> {
+    u32::from_str_radix(walfile.get(..8)?, 16).ok()
+}
+
 pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
@@ -183,16 +188,22 @@ pub async fn monitor(
     // idle primary, unlike "now - last replayed commit".
     let mut history: std::collections::VecDeque<(std::time::Instant, u64)> = Default::default();
     let members: Vec<&Endpoint> = std::iter::once(&cluster.primary).chain(&cluster.replicas).collect();
+    let mut primary_tli = 0u32;
     loop {
         let current = top.primary_member.load(Ordering::Relaxed);
-        let sql =
-            "select pg_is_in_recovery(), case when pg_is_in_recovery() then null else pg_current_wal_lsn()::text end";
+        let sql = "select pg_is_in_recovery(), \
+                   case when pg_is_in_recovery() then null else pg_current_wal_lsn()::text end, \
+                   case when pg_is_in_recovery() then null else pg_walfile_name(pg_current_wal_lsn()) end";
         let answer = query_member(members[current], &login, sql, timeout).await;
         let lsn = answer.as_ref().and_then(|row| {
             let in_recovery: bool = row.try_get(0).unwrap_or(true);
             let lsn: Option<String> = row.try_get(1).ok().flatten();
             (!in_recovery).then(|| lsn.and_then(|s| parse_lsn(&s))).flatten()
         });
+        let tli = answer.as_ref().and_then(|row| row.try_get::<_, Option<String>>(2).ok().flatten());
+        if let Some(t) = tli.and_then(|w| timeline_of(&w)) {
+            primary_tli = t;
+        }
         match lsn {
             Some(lsn) => {
                 top.primary_down.store(false, Ordering::Relaxed);
@@ -230,7 +241,8 @@ pub async fn monitor(
             if top.promoted_replica() == Some(i) {
                 continue;
             }
-            let sql = "select pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn(), '0/0')::text";
+            let sql = "select pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn(), '0/0')::text, \
+                       case when pg_is_in_recovery() then null else pg_walfile_name(pg_current_wal_lsn()) end";
             let state = &top.replicas[i];
             match query_member(ep, &login, sql, timeout).await {
                 Some(row) => {
@@ -244,7 +256,19 @@ pub async fn monitor(
                     state.replay_lsn.store(replay, Ordering::Relaxed);
                     state.lag_ms.store(lag_ms, Ordering::Relaxed);
                     if !in_recovery {
-                        tracing::warn!(cluster = %top.cluster, replica = %ep.addr(), "replica is not in recovery; not routing reads to it");
+                        // Promoted while the old primary still answers: the newer timeline
+                        // wins at once, so writes stop going to the old one.
+                        let tli = row.try_get::<_, Option<String>>(2).ok().flatten().and_then(|w| timeline_of(&w));
+                        if tli.is_some_and(|t| t > primary_tli) {
+                            tracing::warn!(cluster = %top.cluster, new_primary = %ep.addr(), "failover: a replica was promoted onto a newer timeline; writes go to it");
+                            top.primary_member.store(i + 1, Ordering::Relaxed);
+                            top.primary_down.store(false, Ordering::Relaxed);
+                            primary_tli = tli.unwrap_or(primary_tli);
+                            history.clear();
+                            top.changed.notify_waiters();
+                        } else {
+                            tracing::warn!(cluster = %top.cluster, replica = %ep.addr(), "replica is not in recovery; not routing reads to it");
+                        }
                     }
                     state.healthy.store(in_recovery, Ordering::Relaxed);
                     if in_recovery && state.banned_until_ms.load(Ordering::Relaxed) + 5_000 < top.now_ms() {
@@ -294,6 +318,12 @@ mod tests {
             monitor_password: None,
         };
         Topology::new(&cluster, &routing)
+    }
+
+    #[test]
+    fn timelines_from_wal_file_names() {
+        assert_eq!(timeline_of("00000002000000000000000A"), Some(2));
+        assert_eq!(timeline_of("x"), None);
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub struct Proto {
     /// Query) was seen.
     pub capture: Option<BytesMut>,
     pub(super) capture_done: bool,
+    /// Attached to a replica: one request at a time, so a pipelined write behind a read is
+    /// routed on its own (to the primary) instead of following the read.
+    pub on_replica: bool,
     /// Set when the server failed in a way that allows running the captured request again.
     pub retry: Option<RetryCause>,
 }
@@ -106,6 +109,7 @@ impl Proto {
             portal_fx: Vec::new(),
             may_pin: true,
             wrote: false,
+            on_replica: false,
             capture: None,
             capture_done: false,
             retry: None,
@@ -155,6 +159,9 @@ impl Proto {
     ) -> Result<Option<usize>, PgError> {
         loop {
             if self.to_server.len() >= HIGH_WATER {
+                return Ok(Some(0));
+            }
+            if self.on_replica && !self.csplit.mid_frame() && self.plan.pending_boundaries() > 0 {
                 return Ok(Some(0));
             }
             // A large Bind is streamed, but its names must be here first to rename them.
@@ -225,6 +232,10 @@ impl Proto {
         match t {
             tag::QUERY if self.rewrite => {
                 let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+                if let Some(ctx) = split {
+                    // Read-your-writes: any statement not known to read may write.
+                    self.wrote |= !super::routing::is_read(ctx, &text);
+                }
                 let per_stmt = query_effects(&text);
                 let flat: Vec<Effect> = per_stmt.iter().flatten().cloned().collect();
                 if self.refuse_pin(&flat) {

@@ -89,6 +89,7 @@ impl Proto {
         let text = String::from_utf8_lossy(p.query);
         let fx = effects(&text);
         let read = split.is_some_and(|ctx| super::routing::is_read(ctx, &text));
+        self.wrote |= split.is_some() && !read;
         if p.name.is_empty() {
             self.unnamed_fx = fx;
             self.unnamed_read = read;
@@ -131,6 +132,7 @@ impl Proto {
         }
         let (portal, stmt) = (portal.to_string(), stmt.to_string());
         let Some(def) = self.lookup(&stmt) else { return };
+        self.wrote |= !def.read;
         self.bind_portal(&portal, def.effects.clone());
         self.ensure_prepared(&def, server);
         stmts::put_bind_prefix(&mut self.to_server, total, &portal, stmt.len(), &def.global);

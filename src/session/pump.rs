@@ -124,7 +124,8 @@ impl super::relay::Session<'_> {
                     return Poll::Ready(Attached::Terminate);
                 }
             } else {
-                if p.to_server.len() < HIGH_WATER {
+                // Bounded both ways: a client pipelining faster than its server answers waits.
+                if p.to_server.len() < HIGH_WATER && self.client.rbuf.len() < HIGH_WATER.max(p.cneed) {
                     reserve_for(&mut self.client.rbuf, p.cneed);
                     match poll_read_buf(Pin::new(&mut self.client.stream), cx, &mut self.client.rbuf) {
                         Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Attached::ClientGone),

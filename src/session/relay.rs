@@ -124,13 +124,16 @@ impl<'a> Session<'a> {
                         let retrying = std::mem::take(&mut self.retried);
                         if std::mem::take(&mut self.retry_primary) {
                             member = Member::Primary;
+                            self.proto.wrote = true;
                         }
                         if let Err(e) = self.acquire(member).await {
                             self.refuse_request(e);
                             continue;
                         }
+                        let deferred = self.deferred_begin.is_some();
                         if let Some(m) = self.member {
-                            self.arm_retry(m, retrying);
+                            // A replay would lose the BEGIN sent ahead of it: no retry then.
+                            self.arm_retry(m, retrying || deferred);
                         }
                         self.send_deferred_begin();
                     }
@@ -152,7 +155,9 @@ impl<'a> Session<'a> {
                     if let (Some(Member::Replica(i)), RetryCause::MemberLost) = (member, cause) {
                         self.ban_replica(i, "failed during a read");
                     }
-                    // Put the request back in front of whatever else the client sent.
+                    // Put the request back in front of whatever else the client sent; nothing
+                    // meant for the failed server goes to the next one.
+                    self.proto.to_server.clear();
                     let mut again = self.proto.capture.take().unwrap_or_default();
                     again.extend_from_slice(&self.client.rbuf);
                     self.client.rbuf = again;
@@ -162,6 +167,7 @@ impl<'a> Session<'a> {
                     tracing::debug!(?cause, "running a read again elsewhere");
                 }
                 Attached::ServerGone => {
+                    let member = self.member;
                     self.detach_member();
                     if let Some(s) = self.server.take() {
                         discard(s);
@@ -171,7 +177,7 @@ impl<'a> Session<'a> {
                         // The client keeps its connection: its request fails with a class 08
                         // error and the next one gets another server (after a failover, the
                         // new primary).
-                        self.answer_lost_requests();
+                        self.answer_lost_requests(member);
                         continue;
                     }
                     if !self.proto.server_fatal {
@@ -272,6 +278,7 @@ impl<'a> Session<'a> {
 
     fn attach(&mut self, mut server: Pooled, pool: Arc<ServerPool>, member: Member) {
         self.proto.attach(server.status);
+        self.proto.on_replica = matches!(member, Member::Replica(_));
         self.sflush = false;
         self.count_outstanding(member, 1);
         self.member = Some(member);
@@ -422,9 +429,11 @@ impl<'a> Session<'a> {
     /// The server died under the client's requests: each request still owed an answer gets a
     /// class 08 error and ReadyForQuery (08007 for a COMMIT, whose outcome is unknown); a batch
     /// the client has not finished yet is dropped up to its Sync.
-    fn answer_lost_requests(&mut self) {
+    fn answer_lost_requests(&mut self, member: Option<Member>) {
         let plan = &self.proto.plan;
-        let (code, what) = if plan.pending_commit() {
+        // A write in flight outside a block commits as it ends: its outcome is unknown too.
+        let autocommit_write = member == Some(Member::Primary) && self.proto.wrote && plan.status == b'I';
+        let (code, what) = if plan.pending_commit() || autocommit_write {
             (SqlState("08007"), "the COMMIT's outcome is unknown: check before retrying")
         } else {
             (SqlState::CONNECTION_FAILURE, "the request (and its transaction, if any) did not complete")

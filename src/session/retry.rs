@@ -37,6 +37,8 @@ impl Proto {
 
     pub(super) fn capture_client(&mut self, t: u8, frame: &[u8], whole: bool) {
         if self.capture_done {
+            // Anything after the captured request: no replay can be faithful any more.
+            self.capture = None;
             return;
         }
         let Some(c) = self.capture.as_mut() else { return };
@@ -57,8 +59,8 @@ impl Proto {
         }
         let f = ErrorFields::parse(body);
         match f.code.as_deref()? {
-            "57P01" | "57P02" | "57P03" => Some(RetryCause::MemberLost),
-            c if c.starts_with("08") => Some(RetryCause::MemberLost),
+            // The member is going away. Not 08P01: that is the client's own protocol error.
+            "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006" => Some(RetryCause::MemberLost),
             "25006" => Some(RetryCause::NeedsPrimary),
             _ => None,
         }

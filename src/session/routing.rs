@@ -52,31 +52,42 @@ pub enum Member {
 }
 
 impl Session<'_> {
-    /// Is the request at the front of the client's buffer a read that may run on a replica?
+    /// Is the request at the front of the client's buffer (every message up to its Sync or
+    /// Query) made only of reads that may run on a replica? Incomplete requests are not.
     fn request_is_read(&self) -> bool {
         let buf = &self.client.rbuf;
-        let Ok(Some(h)) = FrameHead::parse(buf, usize::MAX) else { return false };
-        if buf.len() < h.total {
-            return false;
-        }
-        let body = &buf[5..h.total];
-        let text = match h.tag {
-            tag::QUERY => body.strip_suffix(&[0]).unwrap_or(body),
-            tag::PARSE => match cstr(body).and_then(|(_, rest)| cstr(rest)) {
-                Some((q, _)) => q,
-                None => return false,
-            },
-            tag::BIND => {
-                return match super::stmts::parse_bind_names(body) {
-                    Some((_, "", _)) => self.proto.unnamed_read,
+        let mut at = 0;
+        let mut saw_statement = false;
+        loop {
+            let Ok(Some(h)) = FrameHead::parse(&buf[at..], usize::MAX) else { return false };
+            if buf.len() < at + h.total {
+                return false;
+            }
+            let body = &buf[at + 5..at + h.total];
+            let read = match h.tag {
+                tag::QUERY => {
+                    let text = body.strip_suffix(&[0]).unwrap_or(body);
+                    return !saw_statement && is_read(self.ctx, &String::from_utf8_lossy(text));
+                }
+                tag::PARSE => match cstr(body).and_then(|(_, rest)| cstr(rest)) {
+                    Some((q, _)) => is_read(self.ctx, &String::from_utf8_lossy(q)),
+                    None => false,
+                },
+                tag::BIND => match super::stmts::parse_bind_names(body) {
+                    Some((_, "", _)) => saw_statement || self.proto.unnamed_read,
                     Some((_, name, _)) => self.proto.stmts.get(name).is_some_and(|d| d.read),
                     None => false,
-                }
+                },
+                tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => true,
+                tag::SYNC => return saw_statement,
+                _ => false,
+            };
+            if !read {
+                return false;
             }
-            _ => return false,
-        };
-        let sql = String::from_utf8_lossy(text);
-        is_read(self.ctx, &sql)
+            saw_statement |= matches!(h.tag, tag::PARSE | tag::BIND);
+            at += h.total;
+        }
     }
 
     /// Where the next request runs, and whether it may write (for read-your-writes).
@@ -86,12 +97,10 @@ impl Session<'_> {
             return (Member::Primary, true);
         }
         let read = self.request_is_read();
-        // A read sent to the primary by choice is still a read: it moves no write position.
-        if self.route_override == Some(Route::Primary) {
+        // On the primary, anything not known to be a read counts as a write (and what the
+        // client sends later while attached is checked as it is forwarded).
+        if self.route_override == Some(Route::Primary) || (self.route_override != Some(Route::Replica) && !read) {
             return (Member::Primary, !read);
-        }
-        if self.route_override != Some(Route::Replica) && !read {
-            return (Member::Primary, true);
         }
         let member = match top.pick_read(self.min_lsn) {
             Target::Replica(i) => Member::Replica(i),

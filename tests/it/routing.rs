@@ -383,3 +383,25 @@ async fn deferred_begin_lets_read_transactions_use_replicas() {
     c.simple_query("ROLLBACK").await.unwrap();
     assert_eq!(primary.psql("postgres", "postgres", "select count(*) from dt"), "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_promoted_while_the_primary_still_runs_takes_the_writes() {
+    let primary = PgCluster::start(PgOptions::default());
+    let replica = primary.start_replica();
+    let proxy = start_proxy(&primary, &config(&[&replica])).await;
+    wait_for_replicas(proxy.local_addr(), primary.port()).await;
+    let c = connect(proxy.local_addr(), "postgres", None, "postgres").await;
+    c.simple_query("SET pgweir.route = primary").await.unwrap();
+    assert_eq!(served_by(&c).await, primary.port());
+    tokio::task::block_in_place(|| replica.promote());
+    // The old primary still answers, but the promoted member is on a newer timeline.
+    let mut moved = false;
+    for _ in 0..40 {
+        if served_by(&c).await == replica.port() {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(moved, "writes kept going to the old primary");
+}
