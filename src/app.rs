@@ -87,7 +87,8 @@ impl Proxy {
         }
         for (name, top) in &ctx.topologies {
             let cluster = config.clusters[name].clone();
-            tasks.spawn(topology::monitor(top.clone(), cluster, monitor_login(&config, name), stop_rx.clone()));
+            let probes = monitor_probes(&config, &cluster, ctx.server_tls.get(name).cloned().flatten())?;
+            tasks.spawn(topology::monitor(top.clone(), cluster, probes, stop_rx.clone()));
         }
         tasks.spawn(maintain(ctx.clone(), stop_rx));
         Ok(Proxy { addrs, stop, tasks, ctx })
@@ -142,6 +143,35 @@ fn monitor_login(config: &Config, cluster: &str) -> MonitorLogin {
         return MonitorLogin { user: q.user.clone(), password: q.password.clone() };
     }
     MonitorLogin { user: "postgres".into(), password: None }
+}
+
+/// One probe per member (primary first), logging in as `monitor_login` over the cluster's TLS.
+fn monitor_probes(
+    config: &Config,
+    cluster: &crate::config::Cluster,
+    tls: Option<tokio_rustls::TlsConnector>,
+) -> Result<Vec<topology::Probe>, AppError> {
+    let login = monitor_login(config, &cluster.name);
+    let mut probes = Vec::new();
+    for ep in std::iter::once(&cluster.primary).chain(&cluster.replicas) {
+        let tls = match &tls {
+            Some(c) => Some((c.clone(), tls::server_name(&ep.host)?)),
+            None => None,
+        };
+        let credentials = login.password.clone().map(crate::server::Credentials::Password).unwrap_or_default();
+        probes.push(topology::Probe::new(crate::server::Target {
+            host: ep.host.clone(),
+            port: ep.port,
+            user: login.user.clone(),
+            dbname: "postgres".into(),
+            credentials: std::sync::Mutex::new(credentials),
+            tls,
+            connect_timeout: Duration::from_secs(2),
+            next_id: Arc::new(AtomicU64::new(1)),
+            prepared_cap: 1,
+        }));
+    }
+    Ok(probes)
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, limit: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {

@@ -150,27 +150,69 @@ pub struct MonitorLogin {
     pub password: Option<String>,
 }
 
-async fn query_member(
-    ep: &Endpoint,
-    login: &MonitorLogin,
-    sql: &str,
-    timeout: Duration,
-) -> Option<tokio_postgres::Row> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&ep.host).port(ep.port).user(&login.user).dbname("postgres").application_name("pgweir monitor");
-    cfg.connect_timeout(timeout);
-    if let Some(p) = &login.password {
-        cfg.password(p);
+/// One member's monitor connection: the proxy's own server connection (so TLS and every
+/// authentication method work as for clients), kept open between polls.
+pub struct Probe {
+    pub target: crate::server::Target,
+    conn: Option<crate::server::ServerConn>,
+    /// A login failure was logged (once until it works again).
+    refused: bool,
+}
+
+impl Probe {
+    pub fn new(target: crate::server::Target) -> Probe {
+        Probe { target, conn: None, refused: false }
     }
+}
+
+/// How a poll of one member failed.
+#[derive(Debug, PartialEq, Eq)]
+enum PollError {
+    /// No answer: down, unreachable, timed out.
+    Unreachable,
+    /// It answered but refused the monitor (bad login, no such database): says nothing about
+    /// the member's health.
+    Refused,
+}
+
+/// Runs `sql` on a member and returns its first row (columns as text).
+async fn query_member(probe: &mut Probe, sql: &str, timeout: Duration) -> Result<Vec<Option<String>>, PollError> {
+    use crate::server::ServerError;
     let work = async {
-        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.ok()?;
-        let task = tokio::spawn(conn);
-        let row = client.query_one(sql, &[]).await.ok();
-        drop(client);
-        let _ = task.await;
-        row
+        if probe.conn.is_none() {
+            probe.conn = Some(crate::server::connect(&probe.target).await?);
+        }
+        let conn = probe.conn.as_mut().expect("connected above");
+        conn.query_row(sql).await
     };
-    tokio::time::timeout(timeout, work).await.ok().flatten()
+    let result = tokio::time::timeout(timeout, work).await;
+    match result {
+        Ok(Ok(Some(row))) => {
+            probe.refused = false;
+            Ok(row)
+        }
+        Ok(Ok(None)) => Err(PollError::Unreachable),
+        Ok(Err(e @ (ServerError::Rejected(..) | ServerError::Auth { .. }))) if !e.is_transient() => {
+            probe.conn = None;
+            if !probe.refused {
+                tracing::error!(member = %probe.target.addr(), error = %e, "the monitor cannot log in; set routing.monitor_user / monitor_password");
+                probe.refused = true;
+            }
+            Err(PollError::Refused)
+        }
+        _ => {
+            probe.conn = None;
+            Err(PollError::Unreachable)
+        }
+    }
+}
+
+fn col_bool(row: &[Option<String>], i: usize) -> Option<bool> {
+    row.get(i)?.as_deref().map(|v| v == "t")
+}
+
+fn col_text(row: &[Option<String>], i: usize) -> Option<&str> {
+    row.get(i)?.as_deref()
 }
 
 /// Polls the primary's WAL position and each replica's replay position every
@@ -178,7 +220,7 @@ async fn query_member(
 pub async fn monitor(
     top: Arc<Topology>,
     cluster: Cluster,
-    login: MonitorLogin,
+    mut probes: Vec<Probe>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let every = top.routing.health_interval;
@@ -188,20 +230,27 @@ pub async fn monitor(
     // idle primary, unlike "now - last replayed commit".
     let mut history: std::collections::VecDeque<(std::time::Instant, u64)> = Default::default();
     let members: Vec<&Endpoint> = std::iter::once(&cluster.primary).chain(&cluster.replicas).collect();
+    debug_assert_eq!(members.len(), probes.len());
     let mut primary_tli = 0u32;
     loop {
         let current = top.primary_member.load(Ordering::Relaxed);
         let sql = "select pg_is_in_recovery(), \
                    case when pg_is_in_recovery() then null else pg_current_wal_lsn()::text end, \
                    case when pg_is_in_recovery() then null else pg_walfile_name(pg_current_wal_lsn()) end";
-        let answer = query_member(members[current], &login, sql, timeout).await;
-        let lsn = answer.as_ref().and_then(|row| {
-            let in_recovery: bool = row.try_get(0).unwrap_or(true);
-            let lsn: Option<String> = row.try_get(1).ok().flatten();
-            (!in_recovery).then(|| lsn.and_then(|s| parse_lsn(&s))).flatten()
-        });
-        let tli = answer.as_ref().and_then(|row| row.try_get::<_, Option<String>>(2).ok().flatten());
-        if let Some(t) = tli.and_then(|w| timeline_of(&w)) {
+        let answer = query_member(&mut probes[current], sql, timeout).await;
+        if answer == Err(PollError::Refused) {
+            // Nothing learned about the primary; try again after the usual pause.
+            tokio::select! {
+                _ = tokio::time::sleep(every) => continue,
+                _ = stop.changed() => return,
+            }
+        }
+        let row = answer.unwrap_or_default();
+        let lsn = match col_bool(&row, 0) {
+            Some(false) => col_text(&row, 1).and_then(parse_lsn),
+            _ => None,
+        };
+        if let Some(t) = col_text(&row, 2).and_then(timeline_of) {
             primary_tli = t;
         }
         match lsn {
@@ -225,8 +274,8 @@ pub async fn monitor(
                 }
                 // Failover: the first other member that answers and is not in recovery.
                 for (m, ep) in members.iter().enumerate().filter(|(m, _)| *m != current) {
-                    let row = query_member(ep, &login, "select pg_is_in_recovery()", timeout).await;
-                    if row.and_then(|r| r.try_get::<_, bool>(0).ok()) == Some(false) {
+                    let row = query_member(&mut probes[m], "select pg_is_in_recovery()", timeout).await;
+                    if row.ok().and_then(|r| col_bool(&r, 0)) == Some(false) {
                         tracing::warn!(cluster = %top.cluster, new_primary = %ep.addr(), "failover: writes go to the promoted member");
                         top.primary_member.store(m, Ordering::Relaxed);
                         top.primary_down.store(false, Ordering::Relaxed);
@@ -244,10 +293,10 @@ pub async fn monitor(
             let sql = "select pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn(), '0/0')::text, \
                        case when pg_is_in_recovery() then null else pg_walfile_name(pg_current_wal_lsn()) end";
             let state = &top.replicas[i];
-            match query_member(ep, &login, sql, timeout).await {
-                Some(row) => {
-                    let in_recovery: bool = row.try_get(0).unwrap_or(false);
-                    let replay = row.try_get::<_, String>(1).ok().and_then(|s| parse_lsn(&s)).unwrap_or(0);
+            match query_member(&mut probes[i + 1], sql, timeout).await {
+                Ok(row) => {
+                    let in_recovery = col_bool(&row, 0).unwrap_or(false);
+                    let replay = col_text(&row, 1).and_then(parse_lsn).unwrap_or(0);
                     let lag_ms = history
                         .iter()
                         .find(|(_, lsn)| *lsn > replay)
@@ -258,7 +307,7 @@ pub async fn monitor(
                     if !in_recovery {
                         // Promoted while the old primary still answers: the newer timeline
                         // wins at once, so writes stop going to the old one.
-                        let tli = row.try_get::<_, Option<String>>(2).ok().flatten().and_then(|w| timeline_of(&w));
+                        let tli = col_text(&row, 2).and_then(timeline_of);
                         if tli.is_some_and(|t| t > primary_tli) {
                             tracing::warn!(cluster = %top.cluster, new_primary = %ep.addr(), "failover: a replica was promoted onto a newer timeline; writes go to it");
                             top.primary_member.store(i + 1, Ordering::Relaxed);
@@ -276,7 +325,8 @@ pub async fn monitor(
                         state.failures.store(0, Ordering::Relaxed);
                     }
                 }
-                None => {
+                Err(PollError::Refused) => {}
+                Err(PollError::Unreachable) => {
                     if state.healthy.swap(false, Ordering::Relaxed) {
                         tracing::warn!(cluster = %top.cluster, replica = %ep.addr(), "replica unreachable; reads go elsewhere");
                     }

@@ -110,14 +110,23 @@ pub struct ServerConn {
     pub id: u64,
 }
 
-/// The first column of a DataRow body, as text (None for NULL or a malformed row).
-fn first_column(body: &[u8]) -> Option<String> {
-    if body.len() < 6 {
-        return None;
+/// The columns of a DataRow body as text (None for NULL; a malformed row ends early).
+fn columns(body: &[u8]) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    let Some(n) = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])) else { return out };
+    let mut at = 2;
+    for _ in 0..n.max(0) {
+        let Some(len) = body.get(at..at + 4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])) else { break };
+        at += 4;
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let Some(data) = body.get(at..at + len as usize) else { break };
+        out.push(Some(String::from_utf8_lossy(data).into_owned()));
+        at += len as usize;
     }
-    let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
-    let data = body.get(6..6 + usize::try_from(len).ok()?)?;
-    Some(String::from_utf8_lossy(data).into_owned())
+    out
 }
 
 impl Drop for ServerConn {
@@ -201,19 +210,34 @@ impl ServerConn {
 
     /// Runs a query of the proxy's own and returns the first column of its first row as text.
     pub async fn query_text(&mut self, sql: &str) -> Result<Option<String>, ServerError> {
+        Ok(self.query_row(sql).await?.and_then(|row| row.into_iter().next().flatten()))
+    }
+
+    /// Runs a query of the proxy's own and returns its first row's columns as text (None for
+    /// NULL), or None if it returned no row.
+    pub async fn query_row(&mut self, sql: &str) -> Result<Option<Vec<Option<String>>>, ServerError> {
         let work = async {
             let mut out = BytesMut::new();
             put_query(&mut out, sql);
             self.stream.write_all(&out).await?;
             self.stream.flush().await?;
             let mut value = None;
+            let mut error = None;
             loop {
                 let (t, body) = self.read_frame().await?;
                 match t {
-                    tag::DATA_ROW if value.is_none() => value = first_column(&body),
+                    tag::DATA_ROW if value.is_none() => value = Some(columns(&body)),
+                    tag::ERROR_RESPONSE => {
+                        let mut raw = BytesMut::new();
+                        crate::wire::frame::put_frame(&mut raw, tag::ERROR_RESPONSE, &body);
+                        error = Some(ServerError::Rejected(ErrorFields::parse(&body), raw.to_vec()));
+                    }
                     tag::READY_FOR_QUERY => {
                         self.status = body.first().copied().unwrap_or(b'I');
-                        return Ok(value);
+                        return match error {
+                            Some(e) => Err(e),
+                            None => Ok(value),
+                        };
                     }
                     tag::PARAMETER_STATUS => self.record_parameter(&body),
                     _ => {}

@@ -405,3 +405,24 @@ async fn a_replica_promoted_while_the_primary_still_runs_takes_the_writes() {
     }
     assert!(moved, "writes kept going to the old primary");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_and_replica_reads_use_the_clusters_tls() {
+    let primary = PgCluster::start(PgOptions { ssl: true, ..PgOptions::default() });
+    let replica = primary.start_replica();
+    let ca = primary.ca_path().unwrap();
+    let toml = config(&[&replica]).replace(
+        "primary = \"postgres://127.0.0.1:1\"\n",
+        &format!("primary = \"postgres://127.0.0.1:1\"\ntls = \"verify-full\"\nca_file = \"{}\"\n", ca.display()),
+    );
+    let proxy = start_proxy(&primary, &toml).await;
+    wait_for_replicas(proxy.local_addr(), primary.port()).await;
+    let c = connect(proxy.local_addr(), "postgres", None, "postgres").await;
+    assert_eq!(scalar(&c, "select ssl::text from pg_stat_ssl where pid = pg_backend_pid()").await.unwrap(), "true");
+    let monitor_ssl = replica.psql(
+        "postgres",
+        "postgres",
+        "select bool_and(s.ssl)::text from pg_stat_activity a join pg_stat_ssl s using (pid) where a.usename = 'postgres' and a.pid <> pg_backend_pid() and a.backend_type = 'client backend'",
+    );
+    assert_eq!(monitor_ssl, "true", "every proxy connection to the replica is encrypted");
+}
