@@ -291,7 +291,8 @@ pub async fn monitor(
                 continue;
             }
             let sql = "select pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn(), '0/0')::text, \
-                       case when pg_is_in_recovery() then null else pg_walfile_name(pg_current_wal_lsn()) end";
+                       case when pg_is_in_recovery() then null else pg_walfile_name(pg_current_wal_lsn()) end, \
+                       (select received_tli from pg_stat_wal_receiver)::text";
             let state = &top.replicas[i];
             match query_member(&mut probes[i + 1], sql, timeout).await {
                 Ok(row) => {
@@ -319,7 +320,11 @@ pub async fn monitor(
                             tracing::warn!(cluster = %top.cluster, replica = %ep.addr(), "replica is not in recovery; not routing reads to it");
                         }
                     }
-                    state.healthy.store(in_recovery, Ordering::Relaxed);
+                    // After a failover, a replica still on the old timeline has diverged from
+                    // the new primary: its positions mean nothing until it follows it.
+                    let tli: Option<u32> = col_text(&row, 3).and_then(|t| t.parse().ok());
+                    let current_timeline = tli.is_none_or(|t| primary_tli == 0 || t >= primary_tli);
+                    state.healthy.store(in_recovery && current_timeline, Ordering::Relaxed);
                     if in_recovery && state.banned_until_ms.load(Ordering::Relaxed) + 5_000 < top.now_ms() {
                         // Answering well for a while after its last ban: the backoff starts over.
                         state.failures.store(0, Ordering::Relaxed);

@@ -230,6 +230,18 @@ impl Proto {
             me.to_server.extend_from_slice(frame);
         };
         match t {
+            tag::QUERY if self.rewrite && super::routing::mentions_pgweir_setting(body) => {
+                // The proxy's own settings are changed between transactions, where it answers
+                // them; here the server would take them as placeholders and ignore them.
+                self.refuse(PgError::error(
+                    SqlState("25001"),
+                    "pgweir: pgweir.* settings can be changed or shown only outside a transaction",
+                ));
+                self.client_skip = false;
+                let mut rfq = BytesMut::new();
+                put_ready_for_query(&mut rfq, if self.plan.status == 0 { b'I' } else { self.plan.status });
+                self.plan.synthetic(rfq.freeze());
+            }
             tag::QUERY if self.rewrite => {
                 let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
                 if let Some(ctx) = split {

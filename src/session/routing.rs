@@ -306,6 +306,12 @@ impl Session<'_> {
     }
 }
 
+/// A Query body that sets or shows one of the proxy's own settings.
+pub fn mentions_pgweir_setting(body: &[u8]) -> bool {
+    memchr_ci(body, b"pgweir.")
+        && proxy_statement(&String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body))).is_some()
+}
+
 /// Case-insensitive substring test without allocating.
 fn memchr_ci(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))

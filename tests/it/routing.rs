@@ -169,6 +169,11 @@ async fn route_hints_and_cross_connection_read_your_writes() {
     assert_eq!(served_by(&c).await, primary.port());
     c.simple_query("SET pgweir.route = auto").await.unwrap();
     assert_ne!(served_by(&c).await, primary.port());
+    // Inside a transaction the proxy's settings are refused, not silently ignored.
+    c.simple_query("BEGIN").await.unwrap();
+    let err = c.simple_query("SET pgweir.route = replica").await.unwrap_err();
+    assert_eq!(crate::support::sqlstate(&err), "25001", "{err}");
+    c.simple_query("COMMIT").await.unwrap();
     // A comment hint for one statement.
     assert_eq!(
         scalar(&c, "/* pgweir: primary */ select inet_server_port()").await.unwrap(),
