@@ -43,5 +43,7 @@ cargo clippy --all-targets --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --locked --no-fail-fast
 else
-    cargo test --locked --no-fail-fast
+    # One test at a time: a few tests read this process's memory, which other tests running
+    # in the same process would disturb (nextest runs each test in its own process).
+    cargo test --locked --no-fail-fast -- --test-threads=1
 fi
