@@ -110,6 +110,21 @@ pub struct ServerConn {
     pub id: u64,
 }
 
+/// The result of one of the proxy's own exchanges under `CONTROL_TIMEOUT`: any failure marks the
+/// connection broken (it is closed rather than pooled).
+fn settle<T>(
+    broken: &mut bool,
+    r: Result<Result<T, ServerError>, tokio::time::error::Elapsed>,
+) -> Result<T, ServerError> {
+    let r = r.unwrap_or_else(|_| {
+        Err(ServerError::Protocol(format!("no answer to the proxy's own query within {CONTROL_TIMEOUT:?}")))
+    });
+    if r.is_err() {
+        *broken = true;
+    }
+    r
+}
+
 /// The columns of a DataRow body as text (None for NULL; a malformed row ends early).
 fn columns(body: &[u8]) -> Vec<Option<String>> {
     let mut out = Vec::new();
@@ -167,18 +182,8 @@ impl ServerConn {
     /// Runs SQL the proxy issues itself and waits for ReadyForQuery. ParameterStatus updates are
     /// recorded; the first error is returned (the connection stays usable unless it was FATAL).
     pub async fn run_control(&mut self, sql: &str) -> Result<Option<ErrorFields>, ServerError> {
-        match tokio::time::timeout(CONTROL_TIMEOUT, self.run_control_inner(sql)).await {
-            Ok(r) => {
-                if r.is_err() {
-                    self.broken = true;
-                }
-                r
-            }
-            Err(_) => {
-                self.broken = true;
-                Err(ServerError::Protocol(format!("no answer to the proxy's own query within {CONTROL_TIMEOUT:?}")))
-            }
-        }
+        let r = tokio::time::timeout(CONTROL_TIMEOUT, self.run_control_inner(sql)).await;
+        settle(&mut self.broken, r)
     }
 
     async fn run_control_inner(&mut self, sql: &str) -> Result<Option<ErrorFields>, ServerError> {
@@ -244,18 +249,8 @@ impl ServerConn {
                 }
             }
         };
-        match tokio::time::timeout(CONTROL_TIMEOUT, work).await {
-            Ok(r) => {
-                if r.is_err() {
-                    self.broken = true;
-                }
-                r
-            }
-            Err(_) => {
-                self.broken = true;
-                Err(ServerError::Protocol(format!("no answer to the proxy's own query within {CONTROL_TIMEOUT:?}")))
-            }
-        }
+        let r = tokio::time::timeout(CONTROL_TIMEOUT, work).await;
+        settle(&mut self.broken, r)
     }
 
     pub fn record_parameter(&mut self, body: &[u8]) {

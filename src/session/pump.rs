@@ -144,7 +144,14 @@ impl super::relay::Session<'_> {
                 }
             }
             match poll_out(&mut server.stream, cx, &mut p.to_server, &mut self.sflush) {
-                Err(()) => return Poll::Ready(Attached::ServerGone),
+                Err(()) => {
+                    server.broken = true;
+                    // A replica that went away before the request reached it: run it elsewhere.
+                    if p.retry_on_loss() {
+                        return Poll::Ready(Attached::Retry(RetryCause::MemberLost));
+                    }
+                    return Poll::Ready(Attached::ServerGone);
+                }
                 Ok(moved) => progress |= moved,
             }
 
