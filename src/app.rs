@@ -216,5 +216,9 @@ async fn maintain(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
         for pool in ctx.pools.all() {
             pool.maintain().await;
         }
+        let dropped = ctx.pools.drop_unused();
+        if dropped > 0 {
+            tracing::debug!(dropped, "forgot unused pools");
+        }
     }
 }

@@ -275,4 +275,21 @@ impl Pools {
     pub fn all(&self) -> Vec<Arc<ServerPool>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
+
+    /// Forgets pools no session uses and that hold no connection (a client naming ever new
+    /// databases or users must not grow the proxy without bound). A later login recreates one.
+    pub fn drop_unused(&self) -> usize {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
+        map.retain(|_, p| Arc::strong_count(p) > 1 || p.status().size > 0 || p.pinned() > 0);
+        before - map.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }

@@ -291,3 +291,19 @@ async fn a_client_whose_server_died_keeps_its_connection() {
     assert_eq!(sqlstate(&err), "08007", "{err}");
     assert_eq!(scalar(&a, "select 'still alive'").await.unwrap(), "still alive");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_nobody_uses_are_forgotten() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}[pool]\nsize = 2\nidle_timeout = \"1s\"\n")).await;
+    for db in ["postgres", "app_db"] {
+        let c = connect(proxy.local_addr(), "app", None, db).await;
+        scalar(&c, "select 1").await.unwrap();
+    }
+    assert_eq!(proxy.context().pools.len(), 2);
+    // Clients gone, connections idle past idle_timeout and closed: the pools themselves go.
+    let ctx = proxy.context().clone();
+    assert!(eventually(Duration::from_secs(8), || ctx.pools.is_empty()).await, "{} pools left", ctx.pools.len());
+    let c = connect(proxy.local_addr(), "app", None, "postgres").await;
+    assert_eq!(scalar(&c, "select 'back'").await.unwrap(), "back");
+}
