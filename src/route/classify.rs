@@ -1,6 +1,6 @@
 //! Read/write classification of a Query string: whether it may run on a replica or must go to the
-//! primary, why, and which transaction control it is; plus the literal-stripping fingerprint and
-//! the bounded cache that make this cheap on the hot path (DESIGN §3, §5).
+//! primary, why, and which transaction control it is (DESIGN §3, §5). The literal-stripping
+//! fingerprint and the bounded cache that make this cheap on the hot path are in `cache`.
 //!
 //! Pure: no I/O, no clock, no global state; the cache is an owned value. It routes to the primary
 //! unless a statement is clearly a read, and must never send a write, a locking read, a
@@ -10,14 +10,12 @@
 //! results are never cached. It must never panic on any input (sqlparser's depth limit bounds
 //! its recursion; ours is at most one level: EXPLAIN's or COPY's inner statement).
 
-use std::num::NonZeroUsize;
-
-use lru::LruCache;
 use sqlparser::ast::{Query, SetExpr, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::{Parser, ParserError};
 
-use super::lexer::{split_statements, tokenize, Spanned, Token};
+pub use super::cache::{fingerprint, ClassifyCache};
+use super::lexer::{block_comment_end, split_statements, tokenize, Spanned, Token};
 
 /// Where a statement should run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,9 +127,6 @@ fn listed(list: &str, name: &str) -> bool {
 /// sends them to the primary (a multi-megabyte INSERT is not worth a parse).
 const MAX_UTILITY_PARSE: usize = 64 * 1024;
 
-/// Normalized keys longer than this are not cached (bounds the cache's memory per entry).
-const MAX_CACHED_KEY: usize = 8 * 1024;
-
 /// Hint in a leading comment: `/* pgweir: primary */` or `/* pgweir: replica */` (case-insensitive,
 /// whitespace-tolerant, other comma- or space-separated items allowed, e.g. `pgweir: replica,
 /// cache ttl=30s`); also `-- pgweir: primary` line comments. Only comments before the first token
@@ -167,29 +162,6 @@ pub fn hint(sql: &str) -> Option<Route> {
     }
 }
 
-/// `i` is at `/*`: the offset after the matching `*/` (comments nest, as in the lexer), or
-/// `None` if the comment runs to the end.
-fn block_comment_end(b: &[u8], mut i: usize) -> Option<usize> {
-    let mut depth = 0usize;
-    while i + 1 < b.len() {
-        match (b[i], b[i + 1]) {
-            (b'/', b'*') => {
-                depth += 1;
-                i += 2;
-            }
-            (b'*', b'/') => {
-                depth -= 1;
-                i += 2;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    None
-}
-
 fn hint_body(body: &str) -> Option<Route> {
     let body = body.trim_start();
     let rest = body.get(..6).filter(|p| p.eq_ignore_ascii_case("pgweir")).map(|_| &body[6..])?;
@@ -214,7 +186,7 @@ pub fn classify(sql: &str, extra_write_functions: &[String]) -> Classification {
     classify_verdict(sql, extra_write_functions).0
 }
 
-fn classify_verdict(sql: &str, extra: &[String]) -> Verdict {
+pub(super) fn classify_verdict(sql: &str, extra: &[String]) -> Verdict {
     let ranges = split_statements(sql);
     if let Some(route) = hint(sql) {
         let txn = ranges.first().and_then(|r| txn_control(&tokenize(&sql[r.clone()])).flatten());
@@ -646,133 +618,6 @@ fn txn_control(t: &[Spanned<'_>]) -> Option<Option<TxnControl>> {
         _ => return None,
     };
     Some(control.filter(|_| p.done()))
-}
-
-/// Appends the normalized token sequence: the hint, then each token with keywords lowercased
-/// (the lexer folds words) and every string or number literal as one `?` (tag byte 0x82).
-/// Injective on token sequences: punctuation is ASCII, the other tokens start with a tag byte
-/// 0x80..=0x83, words and quoted identifiers end with 0xFF (never in UTF-8), parameters are 4 bytes.
-fn normalize(sql: &str, out: &mut Vec<u8>) {
-    out.push(match hint(sql) {
-        None => 0,
-        Some(Route::Primary) => 1,
-        Some(Route::Replica) => 2,
-    });
-    for tok in tokenize(sql) {
-        match tok.token {
-            Token::Word(w) => {
-                out.push(0x80);
-                out.extend_from_slice(w.as_bytes());
-                out.push(0xFF);
-            }
-            Token::QuotedIdent(q) => {
-                out.push(0x81);
-                out.extend_from_slice(q.as_bytes());
-                out.push(0xFF);
-            }
-            Token::Str(_) | Token::Number(_) => out.push(0x82),
-            Token::Param(n) => {
-                out.push(0x83);
-                out.extend_from_slice(&n.to_le_bytes());
-            }
-            Token::Punct(c) => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
-        }
-    }
-}
-
-/// A fixed-seed 64-bit hash (stable across runs and processes, so fingerprints can appear in
-/// config and logs): 8 bytes at a time, then a murmur3 finalizer.
-fn hash_key(key: &[u8]) -> u64 {
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut h = (key.len() as u64).wrapping_mul(K);
-    let mut chunks = key.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        h = (h ^ u64::from_le_bytes(word)).wrapping_mul(K).rotate_left(29);
-    }
-    let mut tail = [0u8; 8];
-    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-    h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(K);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
-    h ^ (h >> 33)
-}
-
-/// A literal-stripping fingerprint: tokens with string/number literals replaced by `?`,
-/// whitespace/comments dropped, keywords lowercased (hint comments are part of the key, since they
-/// change the route). Two texts differing only in literal values share a fingerprint. Stable across
-/// runs; not collision-free (the cache confirms by full comparison).
-pub fn fingerprint(sql: &str) -> u64 {
-    let mut key = Vec::with_capacity(sql.len() / 2 + 8);
-    normalize(sql, &mut key);
-    hash_key(&key)
-}
-
-struct Entry {
-    key: Box<[u8]>,
-    class: Classification,
-}
-
-/// Bounded cache of classifications keyed by fingerprint, confirmed by a full comparison of the
-/// normalized token sequence (never returns another statement's classification on a fingerprint
-/// collision). Unparseable statements and keys over 8 KiB are never cached; memory is bounded by
-/// `capacity` × (8 KiB + a few words). A change of `extra_write_functions` between calls clears it.
-pub struct ClassifyCache {
-    /// `None` when created with capacity 0 (caching off).
-    entries: Option<LruCache<u64, Entry>>,
-    /// The write-function list the entries were computed with.
-    extra: Vec<String>,
-    /// Reused buffer for the normalized key.
-    key: Vec<u8>,
-    hash: fn(&[u8]) -> u64,
-}
-
-impl ClassifyCache {
-    /// A cache of up to `capacity` statement shapes; 0 disables caching.
-    pub fn new(capacity: usize) -> Self {
-        Self::with_hash(capacity, hash_key)
-    }
-
-    fn with_hash(capacity: usize, hash: fn(&[u8]) -> u64) -> Self {
-        let entries = NonZeroUsize::new(capacity).map(LruCache::new);
-        ClassifyCache { entries, extra: Vec::new(), key: Vec::with_capacity(256), hash }
-    }
-
-    /// [`classify`], answered from the cache when a text of the same shape was seen before.
-    pub fn classify(&mut self, sql: &str, extra_write_functions: &[String]) -> Classification {
-        let ClassifyCache { entries, extra, key, hash } = self;
-        let Some(entries) = entries.as_mut() else { return classify(sql, extra_write_functions) };
-        if extra.as_slice() != extra_write_functions {
-            entries.clear();
-            *extra = extra_write_functions.to_vec();
-        }
-        key.clear();
-        normalize(sql, key);
-        let fp = hash(key);
-        if let Some(entry) = entries.get(&fp) {
-            if *entry.key == **key {
-                return entry.class.clone();
-            }
-        }
-        let (class, cacheable) = classify_verdict(sql, extra_write_functions);
-        if cacheable && key.len() <= MAX_CACHED_KEY {
-            entries.put(fp, Entry { key: key.as_slice().into(), class: class.clone() });
-        }
-        class
-    }
-
-    /// Number of cached statement shapes.
-    pub fn len(&self) -> usize {
-        self.entries.as_ref().map_or(0, LruCache::len)
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

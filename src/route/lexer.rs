@@ -99,10 +99,16 @@ fn skip_trivia(src: &[u8], mut i: usize) -> usize {
 }
 
 /// `i` is at `/*`; returns the offset after the matching `*/` (comments nest), or the end.
-fn skip_block_comment(src: &[u8], mut i: usize) -> usize {
+fn skip_block_comment(src: &[u8], i: usize) -> usize {
+    block_comment_end(src, i).unwrap_or(src.len())
+}
+
+/// `i` is at `/*`: the offset after the matching `*/` (comments nest), or `None` if the comment
+/// runs to the end of the text.
+pub(crate) fn block_comment_end(src: &[u8], mut i: usize) -> Option<usize> {
     let mut depth = 0usize;
-    while i < src.len() {
-        match (src[i], at(src, i + 1)) {
+    while i + 1 < src.len() {
+        match (src[i], src[i + 1]) {
             (b'/', b'*') => {
                 depth += 1;
                 i += 2;
@@ -111,13 +117,13 @@ fn skip_block_comment(src: &[u8], mut i: usize) -> usize {
                 depth -= 1;
                 i += 2;
                 if depth == 0 {
-                    return i;
+                    return Some(i);
                 }
             }
             _ => i += 1,
         }
     }
-    src.len()
+    None
 }
 
 /// After a closing quote at `i - 1`: PostgreSQL joins `'a'` and `'b'` separated by whitespace that
