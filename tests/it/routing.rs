@@ -22,6 +22,26 @@ fn config(replicas: &[&PgCluster]) -> String {
     )
 }
 
+/// `pgbench -i -s 1` directly on the primary.
+fn pgbench_init(primary: &PgCluster) {
+    let port = primary.port().to_string();
+    let init = Command::new(primary.bin("pgbench"))
+        .args(["-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "postgres"])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+}
+
+/// Waits until every replica has `table`, created on the primary.
+async fn wait_replicated(replicas: &[&PgCluster], table: &str) {
+    let sql = format!("select count(*) from pg_tables where tablename = '{table}'");
+    let ok = crate::support::eventually(Duration::from_secs(10), || {
+        replicas.iter().all(|r| r.psql("postgres", "postgres", &sql) == "1")
+    })
+    .await;
+    assert!(ok, "{table} never reached the replicas");
+}
+
 /// Which server answered: its port.
 async fn served_by(c: &tokio_postgres::Client) -> u16 {
     scalar(c, "select inet_server_port()").await.unwrap().parse().unwrap()
@@ -45,34 +65,9 @@ async fn pgbench_select_only_lands_on_replicas() {
     let (r1, r2) = (primary.start_replica(), primary.start_replica());
     let proxy = start_proxy(&primary, &config(&[&r1, &r2])).await;
     let port = proxy.local_addr().port().to_string();
-    let init = Command::new(primary.bin("pgbench"))
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &format!("{}", primary.port()),
-            "-U",
-            "postgres",
-            "postgres",
-        ])
-        .output()
-        .unwrap();
-    assert!(init.status.success());
+    pgbench_init(&primary);
     // The replicas must have the tables before reads go there.
-    let (r1c, r2c) = (&r1, &r2);
-    assert!(
-        crate::support::eventually(Duration::from_secs(10), || {
-            [r1c, r2c].iter().all(|r| {
-                r.psql("postgres", "postgres", "select count(*) from pg_tables where tablename = 'pgbench_accounts'")
-                    == "1"
-            })
-        })
-        .await
-    );
+    wait_replicated(&[&r1, &r2], "pgbench_accounts").await;
     wait_for_replicas(proxy.local_addr(), primary.port()).await;
     let before: Vec<i64> = [&primary, &r1, &r2].iter().map(|p| xact_commits(p)).collect();
     let out = tokio::task::spawn_blocking({
@@ -125,15 +120,7 @@ async fn a_session_reads_its_own_writes_from_delayed_replicas() {
     primary.psql("postgres", "postgres", "create table ryw(id int primary key)");
     let refs: Vec<&PgCluster> = replicas.iter().collect();
     let proxy = start_proxy(&primary, &config(&refs)).await;
-    let (r1, r2) = (&replicas[0], &replicas[1]);
-    assert!(
-        crate::support::eventually(Duration::from_secs(10), || {
-            [r1, r2].iter().all(|r| {
-                r.psql("postgres", "postgres", "select count(*) from pg_tables where tablename = 'ryw'") == "1"
-            })
-        })
-        .await
-    );
+    wait_replicated(&[&replicas[0], &replicas[1]], "ryw").await;
     wait_for_replicas(proxy.local_addr(), primary.port()).await;
     let writer = connect(proxy.local_addr(), "postgres", None, "postgres").await;
     let reader = connect(proxy.local_addr(), "postgres", None, "postgres").await;
@@ -213,33 +200,8 @@ async fn a_stopped_replica_is_skipped() {
 async fn a_replica_stopped_during_pgbench_costs_no_transactions() {
     let primary = PgCluster::start(PgOptions::default());
     let (mut r1, r2) = (primary.start_replica(), primary.start_replica());
-    let init = Command::new(primary.bin("pgbench"))
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &primary.port().to_string(),
-            "-U",
-            "postgres",
-            "postgres",
-        ])
-        .output()
-        .unwrap();
-    assert!(init.status.success());
-    let (r1c, r2c) = (&r1, &r2);
-    assert!(
-        crate::support::eventually(Duration::from_secs(10), || {
-            [r1c, r2c].iter().all(|r| {
-                r.psql("postgres", "postgres", "select count(*) from pg_tables where tablename = 'pgbench_accounts'")
-                    == "1"
-            })
-        })
-        .await
-    );
+    pgbench_init(&primary);
+    wait_replicated(&[&r1, &r2], "pgbench_accounts").await;
     let proxy = start_proxy(&primary, &config(&[&r1, &r2])).await;
     wait_for_replicas(proxy.local_addr(), primary.port()).await;
     let port = proxy.local_addr().port().to_string();
@@ -287,13 +249,7 @@ async fn failover_to_a_promoted_replica_keeps_every_client() {
     let mut primary = PgCluster::start(PgOptions::default());
     let replica = primary.start_replica();
     primary.psql("postgres", "postgres", "create table fo(id serial primary key, w int)");
-    let rc = &replica;
-    assert!(
-        crate::support::eventually(Duration::from_secs(10), || {
-            rc.psql("postgres", "postgres", "select count(*) from pg_tables where tablename = 'fo'") == "1"
-        })
-        .await
-    );
+    wait_replicated(&[&replica], "fo").await;
     let toml = config(&[&replica]).replace("[routing]\n", "[routing]\nfailover_timeout = \"10s\"\n");
     let proxy = start_proxy(&primary, &toml).await;
     wait_for_replicas(proxy.local_addr(), primary.port()).await;
@@ -358,13 +314,7 @@ async fn deferred_begin_lets_read_transactions_use_replicas() {
     let primary = PgCluster::start(PgOptions::default());
     let replica = primary.start_replica();
     primary.psql("postgres", "postgres", "create table dt(x int)");
-    let rc = &replica;
-    assert!(
-        crate::support::eventually(Duration::from_secs(10), || {
-            rc.psql("postgres", "postgres", "select count(*) from pg_tables where tablename = 'dt'") == "1"
-        })
-        .await
-    );
+    wait_replicated(&[&replica], "dt").await;
     let toml = config(&[&replica]).replace("[routing]\n", "[routing]\ndefer_begin = true\n");
     let proxy = start_proxy(&primary, &toml).await;
     wait_for_replicas(proxy.local_addr(), primary.port()).await;
