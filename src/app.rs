@@ -27,6 +27,8 @@ pub enum AppError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("cache: {0}")]
+    Cache(String),
 }
 
 /// Distinct statement shapes whose read/write classification is kept.
@@ -35,6 +37,7 @@ const CLASSIFY_CACHE: usize = 10_000;
 /// A running proxy.
 pub struct Proxy {
     addrs: Vec<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     ctx: Arc<Context>,
@@ -62,7 +65,17 @@ impl Proxy {
                 topologies.insert(name.clone(), Arc::new(Topology::new(c, &config.routing)));
             }
         }
+        let rule_names: Vec<String> = config.cache.rules.iter().map(|r| r.name.clone()).collect();
+        let metrics = Arc::new(crate::metrics::Metrics::new(&rule_names));
+        let cache = if config.cache.rules.is_empty() && !config.cache.hints && config.cache.redis_url.is_none() {
+            None
+        } else {
+            let c = crate::cache::Cache::new(&config.cache, metrics.cache.clone()).map_err(AppError::Cache)?;
+            Some(Arc::new(c))
+        };
         let ctx = Arc::new(Context {
+            cache,
+            metrics,
             topologies,
             classifier: std::sync::Mutex::new(crate::route::classify::ClassifyCache::new(CLASSIFY_CACHE)),
             auth: AuthSource::new(&config),
@@ -77,6 +90,7 @@ impl Proxy {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();
+        let mut addrs_metrics = None;
         let limit = Arc::new(Semaphore::new(config.pool.max_client_connections as usize));
         for addr in &config.listen {
             let listener = TcpListener::bind(addr).await.map_err(|source| AppError::Listen { addr: *addr, source })?;
@@ -90,13 +104,35 @@ impl Proxy {
             let probes = monitor_probes(&config, &cluster, ctx.server_tls.get(name).cloned().flatten())?;
             tasks.spawn(topology::monitor(top.clone(), cluster, probes, stop_rx.clone()));
         }
+        if let Some(c) = &ctx.cache {
+            tasks.spawn(c.store().clone().follow_invalidations(stop_rx.clone()));
+        }
+        if let Some(addr) = config.metrics_listen {
+            let listener = TcpListener::bind(addr).await.map_err(|source| AppError::Listen { addr, source })?;
+            let local = listener.local_addr().map_err(|source| AppError::Listen { addr, source })?;
+            tracing::info!(addr = %local, "serving metrics");
+            addrs_metrics = Some(local);
+            let m = ctx.clone();
+            let render: crate::metrics::http::Render = Arc::new(move || {
+                if let Some(c) = &m.cache {
+                    c.metrics.l1_bytes.set(c.store().l1_bytes() as i64);
+                }
+                m.metrics.render()
+            });
+            tasks.spawn(crate::metrics::http::serve(listener, render, stop_rx.clone()));
+        }
         tasks.spawn(maintain(ctx.clone(), stop_rx));
-        Ok(Proxy { addrs, stop, tasks, ctx })
+        Ok(Proxy { addrs, metrics_addr: addrs_metrics, stop, tasks, ctx })
     }
 
     /// The first listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addrs[0]
+    }
+
+    /// Where `/metrics` is served, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn addrs(&self) -> &[SocketAddr] {

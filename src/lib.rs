@@ -16,7 +16,9 @@
 
 pub mod app;
 pub mod auth;
+pub mod cache;
 pub mod config;
+pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod route;

@@ -216,6 +216,37 @@ pub struct PreparedSettings {
     pub max_bytes_per_client: usize,
 }
 
+/// One cache rule: a statement is cached when it matches every criterion the rule gives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheRule {
+    /// The metrics label.
+    pub name: String,
+    /// Reads at least one of these tables (unqualified, as folded by PostgreSQL).
+    pub tables: Vec<String>,
+    pub regex: Option<String>,
+    /// The literal-stripping fingerprint (`route::classify::fingerprint`).
+    pub fingerprint: Option<u64>,
+    pub ttl: Duration,
+}
+
+/// The result cache (off unless rules are given or hints are allowed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub rules: Vec<CacheRule>,
+    /// Honour `/* pgweir: cache ttl=.. */` comments.
+    pub hints: bool,
+    /// Redis (L2 and table versions shared by a fleet); None: L1 only.
+    pub redis_url: Option<String>,
+    pub l1_bytes: u64,
+    pub max_entry_bytes: usize,
+    pub default_ttl: Duration,
+    pub redis_timeout: Duration,
+    pub breaker_cooldown: Duration,
+    pub flight_wait: Duration,
+    pub prefix: String,
+    pub safe_functions: Vec<String>,
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -233,6 +264,9 @@ pub struct Config {
     pub default_cluster: String,
     pub databases: BTreeMap<String, Database>,
     pub routing: Routing,
+    pub cache: CacheSettings,
+    /// Where `/metrics` is served (None: nowhere).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {

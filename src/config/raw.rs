@@ -26,6 +26,45 @@ pub struct RawConfig {
     pub databases: BTreeMap<String, RawDatabase>,
     #[serde(default)]
     pub routing: RawRouting,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub redis_url: Option<Spanned<String>>,
+    pub l1_max_bytes: Option<Spanned<u64>>,
+    pub max_entry_bytes: Option<Spanned<usize>>,
+    pub default_ttl: Option<Spanned<DurationValue>>,
+    pub redis_timeout: Option<Spanned<DurationValue>>,
+    pub breaker_cooldown: Option<Spanned<DurationValue>>,
+    pub flight_wait: Option<Spanned<DurationValue>>,
+    pub key_prefix: Option<Spanned<String>>,
+    pub hints: Option<bool>,
+    #[serde(default)]
+    pub safe_functions: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<RawCacheRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheRule {
+    pub name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tables: Vec<String>,
+    pub regex: Option<Spanned<String>>,
+    pub fingerprint: Option<Spanned<String>>,
+    pub ttl: Option<Spanned<DurationValue>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

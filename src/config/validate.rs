@@ -371,7 +371,17 @@ impl Validator<'_> {
                 .transpose()?,
         };
 
+        let cache = self.cache(&raw.cache)?;
+        let metrics_listen = match &raw.metrics.listen {
+            None => None,
+            Some(v) => Some(v.get_ref().parse::<SocketAddr>().or_else(|e| {
+                self.err(Some(v.span()), "metrics.listen", format!("invalid address \"{}\": {e}", v.get_ref()))
+            })?),
+        };
+
         Ok(Config {
+            cache,
+            metrics_listen,
             routing,
             listen,
             auth,
@@ -386,6 +396,87 @@ impl Validator<'_> {
             default_cluster,
             databases,
         })
+    }
+}
+
+impl Validator<'_> {
+    fn cache(&self, c: &super::raw::RawCache) -> Result<CacheSettings, ConfigError> {
+        let default_ttl = self.duration(&c.default_ttl, "cache.default_ttl", Duration::from_secs(60))?;
+        let mut rules = Vec::new();
+        for (n, r) in c.rules.iter().enumerate() {
+            let key = |k: &str| format!("cache.rules[{n}].{k}");
+            let name = r.name.as_ref().map(|v| v.get_ref().clone()).unwrap_or_else(|| format!("rule{n}"));
+            if let Some(re) = &r.regex {
+                if let Err(e) = regex::Regex::new(re.get_ref()) {
+                    return self.err(Some(re.span()), &key("regex"), format!("invalid regex: {e}"));
+                }
+            }
+            let fingerprint = match &r.fingerprint {
+                None => None,
+                Some(f) => {
+                    let t = f.get_ref().trim();
+                    let hex = t.strip_prefix("0x").unwrap_or(t);
+                    Some(u64::from_str_radix(hex, 16).or_else(|_| {
+                        self.err(
+                            Some(f.span()),
+                            &key("fingerprint"),
+                            format!("invalid fingerprint \"{t}\": expected 16 hex digits"),
+                        )
+                    })?)
+                }
+            };
+            if r.tables.is_empty() && r.regex.is_none() && fingerprint.is_none() {
+                return self.err(
+                    None,
+                    &format!("cache.rules[{n}]"),
+                    "a rule needs tables, regex or fingerprint (use regex = \".\" to cache every safe read)",
+                );
+            }
+            rules.push(CacheRule {
+                name,
+                tables: r.tables.iter().map(|t| fold_name(t)).collect(),
+                regex: r.regex.as_ref().map(|v| v.get_ref().clone()),
+                fingerprint,
+                ttl: self.duration(&r.ttl, &key("ttl"), default_ttl)?,
+            });
+        }
+        let redis_url = c.redis_url.as_ref().map(|v| self.expand(v, "cache.redis_url")).transpose()?;
+        if let (Some(url), Some(v)) = (&redis_url, &c.redis_url) {
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                return self.err(Some(v.span()), "cache.redis_url", format!("invalid Redis URL: {e}"));
+            }
+        }
+        let l1_bytes = c.l1_max_bytes.as_ref().map(|v| *v.get_ref()).unwrap_or(64 << 20);
+        let hints = c.hints.unwrap_or(true);
+        if (!rules.is_empty() || c.hints == Some(true)) && l1_bytes == 0 && redis_url.is_none() {
+            return self.err(
+                None,
+                "cache.l1_max_bytes",
+                "with no cache.redis_url, the L1 cache is the only store: it cannot be 0",
+            );
+        }
+        Ok(CacheSettings {
+            rules,
+            // Hints alone do nothing without a store to put results in.
+            hints: hints && (l1_bytes > 0 || redis_url.is_some()),
+            redis_url,
+            l1_bytes,
+            max_entry_bytes: c.max_entry_bytes.as_ref().map(|v| *v.get_ref()).unwrap_or(1 << 20),
+            default_ttl,
+            redis_timeout: self.duration(&c.redis_timeout, "cache.redis_timeout", Duration::from_millis(100))?,
+            breaker_cooldown: self.duration(&c.breaker_cooldown, "cache.breaker_cooldown", Duration::from_secs(2))?,
+            flight_wait: self.duration(&c.flight_wait, "cache.flight_wait", Duration::from_secs(5))?,
+            prefix: c.key_prefix.as_ref().map(|v| v.get_ref().clone()).unwrap_or_else(|| "pgweir".into()),
+            safe_functions: c.safe_functions.iter().map(|f| f.to_ascii_lowercase()).collect(),
+        })
+    }
+}
+
+/// A table name as PostgreSQL folds it: quoted keeps its case, unquoted is lowercased.
+fn fold_name(t: &str) -> String {
+    match t.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(q) => q.to_string(),
+        None => t.to_ascii_lowercase(),
     }
 }
 

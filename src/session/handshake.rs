@@ -190,7 +190,8 @@ pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMe
         }
     }
     let topology = ctx.topologies.get(&cluster.name).cloned().filter(|_| !replicas.is_empty());
-    Ok(Login { user, database, pool, replicas, topology, mode, settings })
+    let cache_db = format!("{}/{}", cluster.name, server_db);
+    Ok(Login { user, database, cache_db, pool, replicas, topology, mode, settings })
 }
 
 /// What the pools of one login share.

@@ -5,8 +5,10 @@
 //! `cancel`. A session never outlives its client and never leaves state on a pooled server.
 
 pub mod auth;
+mod cached;
 pub mod cancel;
 mod handshake;
+mod invalidate;
 pub mod params;
 pub mod plan;
 mod proto;
@@ -48,6 +50,9 @@ pub struct Context {
     pub topologies: HashMap<String, Arc<crate::pool::topology::Topology>>,
     /// Read/write classifications by statement shape, shared by all sessions.
     pub classifier: std::sync::Mutex<crate::route::classify::ClassifyCache>,
+    /// The result cache (None: nothing is cached and no write needs tracking).
+    pub cache: Option<Arc<crate::cache::Cache>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The client's socket with its read buffer and pending output.
@@ -107,6 +112,9 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
 pub struct Login {
     pub user: String,
     pub database: String,
+    /// The physical database (cluster and server-side name) whose table versions the result
+    /// cache uses: every client database name mapped onto it shares them.
+    pub cache_db: String,
     pub pool: Arc<crate::pool::ServerPool>,
     /// Pools of the cluster's replicas (transaction mode), in the cluster's order.
     pub replicas: Vec<Arc<crate::pool::ServerPool>>,

@@ -112,6 +112,15 @@ impl ClientParams {
         self.want.extend(self.startup.iter().cloned());
     }
 
+    /// Every setting that can change a result, sorted by name, for the result cache's key
+    /// (application_name is left out: only functions the cache refuses can read it).
+    pub fn key_settings(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> =
+            self.want.iter().filter(|(k, _)| k != "application_name").map(|(k, v)| (k.clone(), v.encoded())).collect();
+        v.sort();
+        v
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.want.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.text())
     }

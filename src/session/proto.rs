@@ -84,6 +84,9 @@ pub struct Proto {
     pub on_replica: bool,
     /// Set when the server failed in a way that allows running the captured request again.
     pub retry: Option<RetryCause>,
+    /// The result cache (writes are tracked only when there is one).
+    pub cache: Option<Arc<crate::cache::Cache>>,
+    pub cstate: super::invalidate::CacheState,
 }
 
 impl Proto {
@@ -113,6 +116,8 @@ impl Proto {
             capture: None,
             capture_done: false,
             retry: None,
+            cache: None,
+            cstate: Default::default(),
         }
     }
 
@@ -223,6 +228,7 @@ impl Proto {
             return;
         }
         let body = &frame[5.min(frame.len())..];
+        self.note_writes(t, body);
         let forward = |me: &mut Proto, unit: Option<Unit>| {
             if let Some(u) = unit {
                 me.plan.client(u);
@@ -334,6 +340,10 @@ impl Proto {
             match step {
                 Step::Need(n) => return Ok(n),
                 Step::Whole(h) => {
+                    // A transaction's writes are invalidated before its end reaches the client.
+                    if h.tag == tag::READY_FOR_QUERY && self.writes_due(server.rbuf.get(5).copied().unwrap_or(b'I')) {
+                        return Ok(0);
+                    }
                     if self.capture.is_some() {
                         match h.tag {
                             tag::ERROR_RESPONSE => {
@@ -356,6 +366,9 @@ impl Proto {
                     }
                     let frame = server.rbuf.split_to(h.total);
                     let body = &frame[5..];
+                    if h.tag == tag::READY_FOR_QUERY {
+                        self.ready_seen();
+                    }
                     match h.tag {
                         tag::PARAMETER_STATUS => {
                             if let Some((k, v)) = parse_parameter_status(body) {
@@ -414,6 +427,7 @@ impl Proto {
                         }
                     }
                     if verdict == Verdict::Forward {
+                        self.tee(h.tag, &frame);
                         out.extend_from_slice(&frame);
                     }
                     self.plan.emit_ready(out);
@@ -422,6 +436,7 @@ impl Proto {
                     self.capture = None;
                     if let Some(h) = head {
                         self.stream_verdict = self.plan.on_server(h.tag, &server.rbuf[5..n], out).0;
+                        self.tee_streamed();
                     }
                     if self.stream_verdict == Verdict::Forward {
                         out.extend_from_slice(&server.rbuf[..n]);

@@ -34,6 +34,9 @@ pub enum Attached {
     Bad(PgError),
     /// A read failed on a replica before anything reached the client: run it again elsewhere.
     Retry(RetryCause),
+    /// A transaction that wrote has ended: bump the cache's table versions before its
+    /// ReadyForQuery (held in the server's buffer) goes to the client.
+    Invalidate,
 }
 
 /// Writes pending output to a stream; Err(()) if the stream failed.
@@ -168,6 +171,9 @@ impl super::relay::Session<'_> {
             match p.forward_server(server, &mut self.client.wbuf, &mut self.params) {
                 Err(e) => return Poll::Ready(Attached::Bad(e)),
                 Ok(need) => p.sneed = need,
+            }
+            if p.cstate.due.is_some() {
+                return Poll::Ready(Attached::Invalidate);
             }
             if let Some(cause) = p.retry.take() {
                 server.broken = true;

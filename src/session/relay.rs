@@ -6,6 +6,7 @@
 
 use std::future::poll_fn;
 
+use super::cached::CacheStep;
 use super::cancel::CancelGuard;
 use super::params::ClientParams;
 use super::proto::{protocol, Proto, STREAM_ABOVE};
@@ -61,6 +62,7 @@ impl Drop for Session<'_> {
         if let Some(m) = self.member.take() {
             self.count_outstanding(m, -1);
         }
+        self.settle_writes_later();
     }
 }
 
@@ -86,7 +88,11 @@ impl<'a> Session<'a> {
             cancel,
             server: None,
             params: ClientParams::default(),
-            proto: Proto::new(cfg.max_message_size, rewrite, stmts),
+            proto: {
+                let mut p = Proto::new(cfg.max_message_size, rewrite, stmts);
+                p.cache = ctx.cache.clone();
+                p
+            },
             cflush: false,
             sflush: false,
             skip_to_sync: false,
@@ -115,6 +121,11 @@ impl<'a> Session<'a> {
                         if self.answer_proxy_statement() || self.defer_begin() {
                             continue;
                         }
+                        let fill = match self.cache_request().await {
+                            CacheStep::Answered => continue,
+                            CacheStep::Fill(f) => Some(*f),
+                            CacheStep::Pass => None,
+                        };
                         let split = self.login.topology.as_ref().map(|_| self.ctx);
                         if self.proto.rewrite && self.proto.prepare_locally(&mut self.client, &self.params, split) {
                             continue;
@@ -126,10 +137,16 @@ impl<'a> Session<'a> {
                             member = Member::Primary;
                             self.proto.wrote = true;
                         }
+                        if fill.is_some() && self.login.topology.is_some() {
+                            // Fills come from the primary: never older than the last
+                            // invalidating write, whatever the replicas' lag.
+                            member = Member::Primary;
+                        }
                         if let Err(e) = self.acquire(member).await {
                             self.refuse_request(e);
                             continue;
                         }
+                        self.proto.cstate.fill = fill;
                         let deferred = self.deferred_begin.is_some();
                         if let Some(m) = self.member {
                             // A replay would lose the BEGIN sent ahead of it: no retry then.
@@ -144,6 +161,7 @@ impl<'a> Session<'a> {
             self.proto.may_pin = self.counted_pin || self.login.pool.may_pin();
             match poll_fn(|cx| self.poll_attached(cx)).await {
                 Attached::Release => self.release().await,
+                Attached::Invalidate => self.invalidate_due().await,
                 Attached::ClientGone | Attached::Terminate => return self.finish_server().await,
                 Attached::Retry(cause) => {
                     let member = self.member;
@@ -167,6 +185,8 @@ impl<'a> Session<'a> {
                     tracing::debug!(?cause, "running a read again elsewhere");
                 }
                 Attached::ServerGone => {
+                    self.settle_writes_later();
+                    self.proto.cstate.fill = None;
                     let member = self.member;
                     self.detach_member();
                     if let Some(s) = self.server.take() {

@@ -6,6 +6,7 @@ mod raw;
 mod support;
 
 mod auth;
+mod cache;
 mod cli;
 mod drivers;
 mod pooling;

@@ -95,6 +95,33 @@ impl RedisServer {
         ping(self.port)
     }
 
+    /// Starts the server again on the same port (after [`RedisServer::stop`]), empty, and waits
+    /// until it answers PING.
+    pub fn restart(&mut self) {
+        self.stop();
+        let program = std::env::var_os("REDIS_SERVER").unwrap_or_else(|| "redis-server".into());
+        let log = fs::File::create(self.log_path()).expect("create redis log");
+        let child = Command::new(&program)
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("respawn redis-server");
+        let _ = fs::write(self.dir.path().join(PID_FILE), format!("{} {}", child.id(), self.port));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ping(self.port) {
+            assert!(Instant::now() < deadline, "redis-server did not come back on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Kills the server (SIGKILL) and reaps it. Idempotent; drop calls it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
