@@ -337,8 +337,8 @@ pub fn writes(sql: &str) -> Writes {
     // The common case without tokenizing: a read or a session statement, with no DML word
     // anywhere (a writable CTE or EXPLAIN ANALYZE of a write would have one).
     if let Some(w) = crate::route::lexer::first_word(sql) {
-        let w = w.to_ascii_lowercase();
-        if listed(NO_WRITE_WORDS, &w) && !has_dml_word(sql) {
+        let quiet = NO_WRITE_WORDS.split_ascii_whitespace().any(|x| x.eq_ignore_ascii_case(w));
+        if quiet && !has_dml_word(sql) {
             return Writes::None;
         }
     }

@@ -254,6 +254,8 @@ impl Store {
         let redis = match redis {
             None => None,
             Some(s) => {
+                // rediss:// builds its rustls config from the process default provider.
+                let _ = rustls::crypto::ring::default_provider().install_default();
                 let client = redis::Client::open(s.url.as_str()).map_err(|e| format!("invalid Redis URL: {e}"))?;
                 Some(Arc::new(Redis {
                     client,

@@ -44,17 +44,24 @@ impl Session<'_> {
             }
             Err(NotCacheable::Shape) => return CacheStep::Pass,
         };
-        let (text, types) = match req.text {
-            Some(t) => (t.to_vec(), req.types.to_vec()),
-            None => {
-                let Some(def) = self.proto.stmts.get(req.statement) else { return CacheStep::Pass };
-                let Some(p) = stmts::parse_parse(&def.parse_frame[5..]) else { return CacheStep::Pass };
-                (p.query.to_vec(), p.types.to_vec())
-            }
+        // Borrowed until a rule matches: requests no rule wants cost no allocation.
+        let def = match req.text {
+            Some(_) => None,
+            None => match self.proto.stmts.get(req.statement) {
+                Some(d) => Some(d.clone()),
+                None => return CacheStep::Pass,
+            },
         };
-        let Ok(text) = String::from_utf8(text) else { return CacheStep::Pass };
-        let Some((matched, facts)) = cache.wanted(&text) else { return CacheStep::Pass };
-        let (shape, len, bind) = (req.shape, req.len, req.bind.to_vec());
+        let parsed = def.as_ref().and_then(|d| stmts::parse_parse(&d.parse_frame[5..]));
+        let (text, types) = match (req.text, &parsed) {
+            (Some(t), _) => (t, req.types),
+            (None, Some(p)) => (p.query, p.types),
+            (None, None) => return CacheStep::Pass,
+        };
+        let Ok(text) = std::str::from_utf8(text) else { return CacheStep::Pass };
+        let Some((matched, facts)) = cache.wanted(text) else { return CacheStep::Pass };
+        let (text, types, bind) = (text.to_string(), types.to_vec(), req.bind.to_vec());
+        let (shape, len) = (req.shape, req.len);
         let settings = self.params.key_settings();
         let ask = Ask {
             database: &self.login.cache_db,

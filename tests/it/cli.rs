@@ -56,13 +56,16 @@ fn check_reports_key_and_line() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:3") && err.contains("pool.mode"), "{err}");
-    for example in ["config/sidecar.toml", "config/fleet.toml", "config/split.toml", "docker/pgweir.toml"] {
+    for example in
+        ["config/sidecar.toml", "config/fleet.toml", "config/split.toml", "config/cache.toml", "docker/pgweir.toml"]
+    {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(example);
         let out = Command::new(env!("CARGO_BIN_EXE_pgweir"))
             .args(["check", "-c"])
             .arg(&path)
             .env("APP_PASSWORD", "x")
             .env("PGWEIR_AUTH_PASSWORD", "y")
+            .env("PGWEIR_REDIS_URL", "redis://127.0.0.1:6379")
             .output()
             .unwrap();
         assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));
