@@ -186,23 +186,7 @@ fn listed(list: &str, w: &str) -> bool {
     list.split_ascii_whitespace().any(|x| x == w)
 }
 
-fn word<'t>(t: &'t [Spanned<'_>], i: usize) -> Option<&'t str> {
-    match t.get(i).map(|s| &s.token) {
-        Some(Token::Word(w)) => Some(w),
-        _ => None,
-    }
-}
-
-fn name_at<'t>(t: &'t [Spanned<'_>], i: usize) -> Option<&'t str> {
-    match t.get(i).map(|s| &s.token) {
-        Some(Token::Word(w) | Token::QuotedIdent(w)) => Some(w),
-        _ => None,
-    }
-}
-
-fn punct(t: &[Spanned<'_>], i: usize, c: char) -> bool {
-    matches!(t.get(i), Some(Spanned { token: Token::Punct(p), .. }) if *p == c)
-}
+use crate::route::classify::{ident as name_at, is_punct as punct, word};
 
 /// The cache facts of a read. `functions` decides which calls are safe.
 pub fn read_facts(sql: &str, functions: &Functions) -> ReadFacts {

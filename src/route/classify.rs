@@ -218,21 +218,24 @@ pub(super) fn classify_verdict(sql: &str, extra: &[String]) -> Verdict {
     }
 }
 
-fn word<'t>(t: &'t [Spanned<'_>], i: usize) -> Option<&'t str> {
+/// The token at `i` when it is an unquoted word (folded).
+pub(crate) fn word<'t>(t: &'t [Spanned<'_>], i: usize) -> Option<&'t str> {
     match t.get(i).map(|s| &s.token) {
         Some(Token::Word(w)) => Some(w),
         _ => None,
     }
 }
 
-fn ident<'t>(t: &'t [Spanned<'_>], i: usize) -> Option<&'t str> {
+/// The token at `i` when it is a word or a quoted identifier.
+pub(crate) fn ident<'t>(t: &'t [Spanned<'_>], i: usize) -> Option<&'t str> {
     match t.get(i).map(|s| &s.token) {
         Some(Token::Word(w) | Token::QuotedIdent(w)) => Some(w),
         _ => None,
     }
 }
 
-fn is_punct(t: &[Spanned<'_>], i: usize, c: char) -> bool {
+/// Whether the token at `i` is the punctuation `c`.
+pub(crate) fn is_punct(t: &[Spanned<'_>], i: usize, c: char) -> bool {
     matches!(t.get(i), Some(Spanned { token: Token::Punct(p), .. }) if *p == c)
 }
 
