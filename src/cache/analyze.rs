@@ -186,7 +186,7 @@ fn listed(list: &str, w: &str) -> bool {
     list.split_ascii_whitespace().any(|x| x == w)
 }
 
-use crate::route::classify::{ident as name_at, is_punct as punct, word};
+use crate::route::classify::{after_parens, ident as name_at, is_punct as punct, word};
 
 /// The cache facts of a read. `functions` decides which calls are safe.
 pub fn read_facts(sql: &str, functions: &Functions) -> ReadFacts {
@@ -296,19 +296,8 @@ fn scan_calls(t: &[Spanned<'_>], functions: &Functions) -> Option<Refusal> {
 
 /// `t[open]` is `(`: whether the parentheses are followed by `AS (` or `AS [NOT] MATERIALIZED`.
 fn cte_columns(t: &[Spanned<'_>], open: usize) -> bool {
-    let mut depth = 0usize;
-    for (i, tok) in t.iter().enumerate().skip(open) {
-        match tok.token {
-            Token::Punct('(') => depth += 1,
-            Token::Punct(')') => depth -= 1,
-            _ => {}
-        }
-        if depth == 0 {
-            return word(t, i + 1) == Some("as")
-                && (punct(t, i + 2, '(') || matches!(word(t, i + 2), Some("not" | "materialized")));
-        }
-    }
-    false
+    let i = after_parens(t, open);
+    word(t, i) == Some("as") && (punct(t, i + 1, '(') || matches!(word(t, i + 1), Some("not" | "materialized")))
 }
 
 /// Words that start statements which change no table's rows.
@@ -391,19 +380,7 @@ fn statement_writes(sql: &str) -> Writes {
             Some("copy") if i == 0 => {
                 let (name, mut next) = target(1);
                 if punct(&t, next, '(') {
-                    let mut depth = 0;
-                    while next < t.len() {
-                        if punct(&t, next, '(') {
-                            depth += 1;
-                        } else if punct(&t, next, ')') {
-                            depth -= 1;
-                            if depth == 0 {
-                                next += 1;
-                                break;
-                            }
-                        }
-                        next += 1;
-                    }
+                    next = after_parens(&t, next);
                 }
                 if name.is_some() && word(&t, next) == Some("from") {
                     push(&mut found, name);

@@ -240,7 +240,7 @@ pub(crate) fn is_punct(t: &[Spanned<'_>], i: usize, c: char) -> bool {
 }
 
 /// `t[open]` is `(`: the index after its matching `)` (or the end).
-fn after_parens(t: &[Spanned<'_>], open: usize) -> usize {
+pub(crate) fn after_parens(t: &[Spanned<'_>], open: usize) -> usize {
     let mut depth = 0usize;
     for (i, tok) in t.iter().enumerate().skip(open) {
         match tok.token {
