@@ -24,4 +24,5 @@ pub mod pool;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod shard;
 pub mod wire;

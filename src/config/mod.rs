@@ -157,6 +157,8 @@ pub struct Database {
     pub dbname: Option<String>,
     pub pool_size: Option<u32>,
     pub pool_mode: Option<PoolMode>,
+    /// Spread over several clusters (sharding and/or federation).
+    pub layout: Option<crate::shard::Layout>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -324,5 +326,6 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
 }
 
+mod sharding;
 mod validate;
 use validate::Validator;

@@ -167,6 +167,46 @@ pub struct RawDatabase {
     pub dbname: Option<Spanned<String>>,
     pub pool_size: Option<Spanned<u32>>,
     pub pool_mode: Option<Spanned<String>>,
+    /// Clusters holding shard 0, 1, ... of the sharded tables.
+    #[serde(default)]
+    pub shards: Vec<Spanned<String>>,
+    /// Table (`name`, `schema.name`) or schema (`schema.*`) → cluster.
+    #[serde(default)]
+    pub federation: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub sharded: Vec<RawShardedTable>,
+    pub two_phase: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShardedTable {
+    pub table: Spanned<String>,
+    pub key: Spanned<String>,
+    #[serde(rename = "type")]
+    pub key_type: Spanned<String>,
+    pub function: Option<Spanned<String>>,
+    #[serde(default)]
+    pub bounds: Vec<Spanned<Scalar>>,
+    #[serde(default)]
+    pub values: Vec<Spanned<Vec<Scalar>>>,
+}
+
+/// A key value in the file: a number or a string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Int(i64),
+    Text(String),
+}
+
+impl Scalar {
+    pub fn text(&self) -> String {
+        match self {
+            Scalar::Int(v) => v.to_string(),
+            Scalar::Text(s) => s.clone(),
+        }
+    }
 }
 
 /// A duration written as seconds (`30`) or with a unit (`"500ms"`, `"30s"`, `"5m"`, `"1h"`).

@@ -17,7 +17,7 @@ pub(super) struct Validator<'a> {
 const CLI: &str = "command line";
 
 impl Validator<'_> {
-    fn err<T>(
+    pub(super) fn err<T>(
         &self,
         span: Option<std::ops::Range<usize>>,
         key: &str,
@@ -300,6 +300,14 @@ impl Validator<'_> {
                     Some(PoolMode::parse(m.get_ref()).or_else(|e| self.err(Some(m.span()), &key("pool_mode"), e))?)
                 }
             };
+            let layout = self.layout(name, d, &clusters, &cluster)?;
+            if layout.is_some() && pool_mode.unwrap_or(pool.mode) != PoolMode::Transaction {
+                return self.err(
+                    d.pool_mode.as_ref().map(|m| m.span()),
+                    &key("pool_mode"),
+                    "a sharded or federated database needs pool_mode = \"transaction\" (each transaction is routed)",
+                );
+            }
             databases.insert(
                 name.clone(),
                 Database {
@@ -307,6 +315,7 @@ impl Validator<'_> {
                     dbname: d.dbname.as_ref().map(|v| v.get_ref().clone()),
                     pool_size: d.pool_size.as_ref().map(|v| *v.get_ref()),
                     pool_mode,
+                    layout,
                 },
             );
         }

@@ -132,34 +132,56 @@ const MAX_UTILITY_PARSE: usize = 64 * 1024;
 /// cache ttl=30s`); also `-- pgweir: primary` line comments. Only comments before the first token
 /// count; `primary` wins if several hints disagree.
 pub fn hint(sql: &str) -> Option<Route> {
-    let b = sql.as_bytes();
-    let mut i = 0;
     let mut found = None;
-    loop {
-        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
-            i += 1;
-        }
-        let body = if b[i..].starts_with(b"/*") {
-            let (body, end) = match block_comment_end(b, i) {
-                Some(end) => (sql.get(i + 2..end - 2), end),
-                None => (sql.get(i + 2..), b.len()),
-            };
-            i = end;
-            body.unwrap_or("")
-        } else if b[i..].starts_with(b"--") {
-            let end = b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |n| i + n);
-            let body = &sql[i + 2..end];
-            i = end;
-            body
-        } else {
-            return found;
-        };
+    for body in leading_comments(sql) {
         match hint_body(body) {
             Some(Route::Primary) => found = Some(Route::Primary),
             Some(Route::Replica) if found.is_none() => found = Some(Route::Replica),
             _ => {}
         }
     }
+    found
+}
+
+/// The bodies of the comments before the first token (block comments nest, as in PostgreSQL).
+pub fn leading_comments(sql: &str) -> Vec<&str> {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    let mut out = Vec::new();
+    loop {
+        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            i += 1;
+        }
+        if b[i..].starts_with(b"/*") {
+            let (body, end) = match block_comment_end(b, i) {
+                Some(end) => (sql.get(i + 2..end - 2), end),
+                None => (sql.get(i + 2..), b.len()),
+            };
+            i = end;
+            out.push(body.unwrap_or(""));
+        } else if b[i..].starts_with(b"--") {
+            let end = b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |n| i + n);
+            out.push(&sql[i + 2..end]);
+            i = end;
+        } else {
+            return out;
+        }
+    }
+}
+
+/// The items of the leading `pgweir:` comments (`/* pgweir: shard=2, cache */` gives `shard=2`
+/// and `cache`).
+pub fn pgweir_items(sql: &str) -> Vec<&str> {
+    let mut items = Vec::new();
+    for body in leading_comments(sql) {
+        let body = body.trim_start();
+        let Some(rest) = body.get(..6).filter(|p| p.eq_ignore_ascii_case("pgweir")).map(|_| &body[6..]) else {
+            continue;
+        };
+        let Some(rest) = rest.trim_start().strip_prefix(':') else { continue };
+        items.extend(rest.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()));
+    }
+    items
 }
 
 fn hint_body(body: &str) -> Option<Route> {

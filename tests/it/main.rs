@@ -14,4 +14,5 @@ mod prepared;
 mod protocol;
 mod routing;
 mod session_state;
+mod sharding;
 mod tls;
