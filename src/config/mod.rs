@@ -158,7 +158,7 @@ pub struct Database {
     pub pool_size: Option<u32>,
     pub pool_mode: Option<PoolMode>,
     /// Spread over several clusters (sharding and/or federation).
-    pub layout: Option<crate::shard::Layout>,
+    pub layout: Option<std::sync::Arc<crate::shard::Layout>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

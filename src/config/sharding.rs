@@ -16,7 +16,7 @@ impl Validator<'_> {
         d: &RawDatabase,
         clusters: &BTreeMap<String, Cluster>,
         cluster: &str,
-    ) -> Result<Option<Layout>, ConfigError> {
+    ) -> Result<Option<std::sync::Arc<Layout>>, ConfigError> {
         let key = |k: &str| format!("databases.{db}.{k}");
         if d.shards.is_empty() && d.federation.is_empty() && d.sharded.is_empty() {
             return Ok(None);
@@ -70,7 +70,14 @@ impl Validator<'_> {
             );
         }
         let tables = d.sharded.iter().map(|t| self.sharded_table(db, t, shards)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(Layout { targets, shards, tables, federation, home, two_phase: d.two_phase.unwrap_or(false) }))
+        Ok(Some(std::sync::Arc::new(Layout {
+            targets,
+            shards,
+            tables,
+            federation,
+            home,
+            two_phase: d.two_phase.unwrap_or(false),
+        })))
     }
 
     fn sharded_table(&self, db: &str, t: &RawShardedTable, shards: usize) -> Result<ShardedTable, ConfigError> {

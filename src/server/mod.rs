@@ -160,10 +160,13 @@ impl Drop for ServerConn {
 impl ServerConn {
     /// Reads one whole frame (control path only: startup, auth, proxy-issued queries).
     pub async fn read_frame(&mut self) -> Result<(u8, BytesMut), ServerError> {
+        self.read_frame_upto(MAX_CONTROL_FRAME).await
+    }
+
+    /// Reads one whole frame of at most `max` bytes (the tag and its body).
+    pub async fn read_frame_upto(&mut self, max: usize) -> Result<(u8, BytesMut), ServerError> {
         loop {
-            if let Some(h) =
-                FrameHead::parse(&self.rbuf, MAX_CONTROL_FRAME).map_err(|e| ServerError::Protocol(e.to_string()))?
-            {
+            if let Some(h) = FrameHead::parse(&self.rbuf, max).map_err(|e| ServerError::Protocol(e.to_string()))? {
                 if self.rbuf.len() >= h.total {
                     let mut frame = self.rbuf.split_to(h.total);
                     let body = frame.split_off(5);

@@ -157,41 +157,100 @@ pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMe
 
     let route = ctx.config.databases.get(&database);
     let cluster_name = route.map(|r| r.cluster.clone()).unwrap_or_else(|| ctx.config.default_cluster.clone());
-    let cluster = ctx
-        .config
-        .cluster(&cluster_name)
-        .ok_or_else(|| PgError::fatal(SqlState::INTERNAL_ERROR, format!("pgweir: no cluster \"{cluster_name}\"")))?;
     let mode = route.and_then(|r| r.pool_mode).unwrap_or(ctx.config.pool.mode);
     let user_cfg = ctx.config.user(&user);
     let size = user_cfg.and_then(|u| u.pool_size).or(route.and_then(|r| r.pool_size)).unwrap_or(ctx.config.pool.size);
     let server_db = route.and_then(|r| r.dbname.clone()).unwrap_or_else(|| database.clone());
-    let spec = PoolSpec {
-        cluster,
+    let base = LoginSpec {
         user: &user,
+        database: &database,
         server_user: &outcome.server_user,
         server_db: &server_db,
         credentials: &outcome.credentials,
+        refresh: outcome.refreshes_pool,
         mode,
         size: size as usize,
     };
-    let pool = pool_for(ctx, &spec, &cluster.primary, database.clone())?;
+    let (shards, home) = match route.and_then(|r| r.layout.clone()) {
+        Some(layout) => {
+            let s = super::sharded::ShardLogin::new(ctx, &base, layout)?;
+            let home = s.targets[s.current].clone();
+            (Some(Box::new(s)), home)
+        }
+        None => (None, target_pools(ctx, &base, &cluster_name, false)?),
+    };
+    Ok(Login {
+        user,
+        database,
+        cache_db: home.cache_db,
+        pool: home.pool,
+        replicas: home.replicas,
+        topology: home.topology,
+        mode,
+        settings,
+        shards,
+    })
+}
+
+/// What every pool of one login shares.
+pub(super) struct LoginSpec<'a> {
+    pub user: &'a str,
+    /// The client's database name (pools are keyed by it).
+    pub database: &'a str,
+    pub server_user: &'a str,
+    /// The server-side database, unless a cluster's URL names one (sharded databases).
+    pub server_db: &'a str,
+    pub credentials: &'a crate::server::Credentials,
+    /// A SCRAM pass-through login: the pools take its keys.
+    pub refresh: bool,
+    pub mode: PoolMode,
+    pub size: usize,
+}
+
+/// The pools of one cluster for a login. `own_db`: the cluster's URL may name the server-side
+/// database (a shard or federated cluster), and pools are keyed by the cluster as well.
+pub(super) fn target_pools(
+    ctx: &Context,
+    base: &LoginSpec<'_>,
+    cluster_name: &str,
+    own_db: bool,
+) -> Result<super::TargetPools, PgError> {
+    let cluster = ctx
+        .config
+        .cluster(cluster_name)
+        .ok_or_else(|| PgError::fatal(SqlState::INTERNAL_ERROR, format!("pgweir: no cluster \"{cluster_name}\"")))?;
+    let server_db = match (&cluster.primary.dbname, own_db) {
+        (Some(d), true) => d.as_str(),
+        _ => base.server_db,
+    };
+    let spec = PoolSpec {
+        cluster,
+        user: base.user,
+        server_user: base.server_user,
+        server_db,
+        credentials: base.credentials,
+        mode: base.mode,
+        size: base.size,
+    };
+    let key = if own_db { format!("{}#{}", base.database, cluster.name) } else { base.database.to_string() };
+    let pool = pool_for(ctx, &spec, &cluster.primary, key.clone())?;
     let mut replicas = Vec::new();
-    if mode == PoolMode::Transaction {
+    if base.mode == PoolMode::Transaction {
         for (i, ep) in cluster.replicas.iter().enumerate() {
-            replicas.push(pool_for(ctx, &spec, ep, format!("{database}@replica{i}"))?);
+            replicas.push(pool_for(ctx, &spec, ep, format!("{key}@replica{i}"))?);
         }
     }
     // The newest credentials win: a SCRAM pass-through login refreshes the pools' keys.
-    if outcome.refreshes_pool {
+    if base.refresh {
         for p in std::iter::once(&pool).chain(&replicas) {
             if let Ok(mut c) = p.target().credentials.lock() {
-                *c = outcome.credentials.clone();
+                *c = base.credentials.clone();
             }
         }
     }
     let topology = ctx.topologies.get(&cluster.name).cloned().filter(|_| !replicas.is_empty());
     let cache_db = format!("{}/{}", cluster.name, server_db);
-    Ok(Login { user, database, cache_db, pool, replicas, topology, mode, settings })
+    Ok(super::TargetPools { pool, replicas, topology, cache_db })
 }
 
 /// What the pools of one login share.

@@ -17,6 +17,8 @@ mod pump;
 mod relay;
 mod retry;
 mod routing;
+mod scatter;
+mod sharded;
 pub mod state;
 pub mod stmts;
 pub mod welcome;
@@ -123,4 +125,16 @@ pub struct Login {
     pub mode: PoolMode,
     /// Settings the client asked for at startup (parameters and `options`), in order.
     pub settings: Vec<(String, String)>,
+    /// A sharded or federated database: every target's pools; the fields above hold the
+    /// current target's.
+    pub shards: Option<Box<sharded::ShardLogin>>,
+}
+
+/// The pools of one cluster, as a login uses them.
+#[derive(Clone)]
+pub struct TargetPools {
+    pub pool: Arc<crate::pool::ServerPool>,
+    pub replicas: Vec<Arc<crate::pool::ServerPool>>,
+    pub topology: Option<Arc<crate::pool::topology::Topology>>,
+    pub cache_db: String,
 }

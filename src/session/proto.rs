@@ -87,6 +87,12 @@ pub struct Proto {
     /// The result cache (writes are tracked only when there is one).
     pub cache: Option<Arc<crate::cache::Cache>>,
     pub cstate: super::invalidate::CacheState,
+    /// A sharded or federated database: the target this server belongs to. Outside a
+    /// transaction block one request runs at a time (the next one is routed on its own);
+    /// inside one, statements for another target are refused.
+    pub shard_check: Option<super::sharded::ShardCheck>,
+    /// The unnamed statement's text (kept only for `shard_check`).
+    pub(super) unnamed_text: Option<String>,
 }
 
 impl Proto {
@@ -118,6 +124,8 @@ impl Proto {
             retry: None,
             cache: None,
             cstate: Default::default(),
+            shard_check: None,
+            unnamed_text: None,
         }
     }
 
@@ -166,7 +174,8 @@ impl Proto {
             if self.to_server.len() >= HIGH_WATER {
                 return Ok(Some(0));
             }
-            if self.on_replica && !self.csplit.mid_frame() && self.plan.pending_boundaries() > 0 {
+            let one_at_a_time = self.on_replica || (self.shard_check.is_some() && self.plan.status == b'I');
+            if one_at_a_time && !self.csplit.mid_frame() && self.plan.pending_boundaries() > 0 {
                 return Ok(Some(0));
             }
             // A large Bind is streamed, but its names must be here first to rename them.
@@ -250,6 +259,14 @@ impl Proto {
             }
             tag::QUERY if self.rewrite => {
                 let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+                if let Some(err) = self.shard_refusal(&text, None) {
+                    self.refuse(err);
+                    self.client_skip = false;
+                    let mut rfq = BytesMut::new();
+                    put_ready_for_query(&mut rfq, if self.plan.status == 0 { b'I' } else { self.plan.status });
+                    self.plan.synthetic(rfq.freeze());
+                    return;
+                }
                 if let Some(ctx) = split {
                     // Read-your-writes: any statement not known to read may write.
                     self.wrote |= !super::routing::is_read(ctx, &text);
@@ -293,7 +310,14 @@ impl Proto {
             }
             tag::PARSE if self.rewrite => self.client_parse(frame, body, server, params, split),
             tag::PARSE => forward(self, Some(Unit::Parse { global: None, client: None })),
-            tag::BIND if self.rewrite => self.client_bind(frame, body, total, server),
+            tag::BIND if self.rewrite => {
+                if frame.len() == total {
+                    if let Some(err) = self.bind_refusal(body) {
+                        return self.refuse(err);
+                    }
+                }
+                self.client_bind(frame, body, total, server)
+            }
             tag::BIND => forward(self, Some(Unit::Bind)),
             tag::DESCRIBE | tag::CLOSE => match stmts::parse_target(body) {
                 Some((b'S', name)) if self.rewrite && !name.is_empty() => {
@@ -446,6 +470,27 @@ impl Proto {
             }
             server.status = self.plan.status;
         }
+    }
+
+    /// Inside a transaction of a sharded database: the error for a statement of another target.
+    fn shard_refusal(&self, text: &str, bind: Option<&[u8]>) -> Option<PgError> {
+        let check = self.shard_check.as_ref()?;
+        if self.plan.status == b'I' {
+            return None;
+        }
+        check.check(text, bind)
+    }
+
+    fn bind_refusal(&self, body: &[u8]) -> Option<PgError> {
+        self.shard_check.as_ref()?;
+        let (_, stmt, rest_at) = stmts::parse_bind_names(body)?;
+        let text = if stmt.is_empty() {
+            self.unnamed_text.clone()?
+        } else {
+            let def = self.stmts.get(stmt)?;
+            String::from_utf8_lossy(stmts::parse_parse(&def.parse_frame[5..])?.query).into_owned()
+        };
+        self.shard_refusal(&text, Some(&body[rest_at..]))
     }
 
     pub(super) fn on_error(&mut self, body: &[u8], server: &mut ServerConn) {

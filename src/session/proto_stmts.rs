@@ -91,6 +91,9 @@ impl Proto {
         let read = split.is_some_and(|ctx| super::routing::is_read(ctx, &text));
         self.wrote |= split.is_some() && !read;
         if p.name.is_empty() {
+            if self.shard_check.is_some() {
+                self.unnamed_text = Some(text.to_string());
+            }
             self.unnamed_fx = fx;
             self.unnamed_read = read;
             self.plan.client(Unit::Parse { global: None, client: None });

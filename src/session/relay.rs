@@ -13,6 +13,7 @@ use super::proto::{protocol, Proto, STREAM_ABOVE};
 use super::pump::{Attached, Idle};
 use super::retry::RetryCause;
 use super::routing::Member;
+use super::sharded::ShardStep;
 use super::stmts::ClientStatements;
 use super::welcome::{Welcome, WelcomeKey};
 use super::{ClientConn, Context, Login};
@@ -121,6 +122,13 @@ impl<'a> Session<'a> {
                         if self.answer_proxy_statement() || self.defer_begin() {
                             continue;
                         }
+                        if self.login.shards.is_some() {
+                            match self.shard_request().await {
+                                ShardStep::Go => {}
+                                ShardStep::Done => continue,
+                                ShardStep::Gone => return,
+                            }
+                        }
                         let fill = match self.cache_request().await {
                             CacheStep::Answered => continue,
                             CacheStep::Fill(f) => Some(*f),
@@ -137,6 +145,9 @@ impl<'a> Session<'a> {
                             member = Member::Primary;
                             self.proto.wrote = true;
                         }
+                        if self.deferred_begin_needs_primary() {
+                            member = Member::Primary;
+                        }
                         if fill.is_some() && self.login.topology.is_some() {
                             // Fills come from the primary: never older than the last
                             // invalidating write, whatever the replicas' lag.
@@ -147,6 +158,7 @@ impl<'a> Session<'a> {
                             continue;
                         }
                         self.proto.cstate.fill = fill;
+                        self.proto.shard_check = self.shard_check();
                         let deferred = self.deferred_begin.is_some();
                         if let Some(m) = self.member {
                             // A replay would lose the BEGIN sent ahead of it: no retry then.
@@ -478,7 +490,7 @@ impl<'a> Session<'a> {
     /// Answers a request that cannot be served (wait timeout, cancel) with an error; the
     /// request's messages are then dropped up to its end (Query, FunctionCall or Sync), which
     /// gets the ReadyForQuery, so the client's next request starts clean.
-    fn refuse_request(&mut self, err: PgError) {
+    pub(super) fn refuse_request(&mut self, err: PgError) {
         err.encode(&mut self.client.wbuf);
         self.skip_to_sync = true;
     }

@@ -38,6 +38,12 @@ mod tests {
             Some(ProxyStatement::SetMinLsn(Some(0x16B3748)))
         ));
         assert!(matches!(proxy_statement("SHOW pgweir.lsn"), Some(ProxyStatement::Show("pgweir.lsn"))));
+        assert!(matches!(
+            proxy_statement("SET pgweir.shard_key = 'AbC'"),
+            Some(ProxyStatement::SetShardKey(Some(k))) if k == "AbC"
+        ));
+        assert!(matches!(proxy_statement("RESET pgweir.shard_key"), Some(ProxyStatement::SetShardKey(None))));
+        assert!(matches!(proxy_statement("set pgweir.shard_key to default"), Some(ProxyStatement::SetShardKey(None))));
         assert!(proxy_statement("SET search_path = a").is_none());
         assert!(proxy_statement("SHOW search_path").is_none());
     }
@@ -194,9 +200,12 @@ impl Session<'_> {
     /// chooses; COMMIT or ROLLBACK of a transaction that never ran anything is answered here
     /// too. Returns true if it answered.
     pub(super) fn defer_begin(&mut self) -> bool {
-        if !self.ctx.config.routing.defer_begin
-            || self.login.topology.is_none()
-            || self.login.mode != PoolMode::Transaction
+        // A sharded database always defers: the first statement picks the shard.
+        let sharded = self.login.shards.is_some();
+        if !sharded
+            && (!self.ctx.config.routing.defer_begin
+                || self.login.topology.is_none()
+                || self.login.mode != PoolMode::Transaction)
         {
             return false;
         }
@@ -211,8 +220,9 @@ impl Session<'_> {
             cache.classify(&text, &self.ctx.config.routing.write_functions)
         };
         let (tag_text, status) = match (&c.txn, self.deferred_begin.is_some()) {
-            (Some(TxnControl::Begin { read_only: false, serializable: false, .. }), false)
-                if crate::route::lexer::split_statements(&text).len() == 1 =>
+            (Some(TxnControl::Begin { read_only, serializable, .. }), false)
+                if (sharded || !(*read_only || *serializable))
+                    && crate::route::lexer::split_statements(&text).len() == 1 =>
             {
                 self.deferred_begin = Some(text);
                 ("BEGIN", b'T')
@@ -233,6 +243,21 @@ impl Session<'_> {
         put_frame(&mut self.client.wbuf, b'C', &body);
         put_ready_for_query(&mut self.client.wbuf, status);
         true
+    }
+
+    /// A deferred BEGIN that a replica would refuse (SERIALIZABLE: only sharded databases defer
+    /// those) sends its transaction to the primary; so does any deferred BEGIN of a sharded
+    /// database when `routing.defer_begin` is off (its reads stay off replicas, as asked).
+    pub(super) fn deferred_begin_needs_primary(&self) -> bool {
+        let Some(text) = self.deferred_begin.as_deref() else { return false };
+        if self.login.shards.is_some() && !self.ctx.config.routing.defer_begin {
+            return true;
+        }
+        let c = {
+            let mut cache = self.ctx.classifier.lock().unwrap_or_else(|p| p.into_inner());
+            cache.classify(text, &self.ctx.config.routing.write_functions)
+        };
+        matches!(c.txn, Some(TxnControl::Begin { serializable: true, .. }))
     }
 
     /// Sends a deferred BEGIN ahead of the transaction's first request (its answers are
@@ -276,6 +301,14 @@ impl Session<'_> {
                 self.min_lsn = self.min_lsn.max(lsn);
                 put_frame(out, b'C', b"SET\0");
             }
+            ProxyStatement::SetShardKey(key) => match self.login.shards.as_mut() {
+                Some(s) => {
+                    s.session_key = key;
+                    put_frame(out, b'C', b"SET\0");
+                }
+                None => PgError::error(SqlState("22023"), "pgweir: pgweir.shard_key applies only to sharded databases")
+                    .encode(out),
+            },
             ProxyStatement::SetMinLsn(None) | ProxyStatement::Invalid => {
                 PgError::error(
                     SqlState("22023"),
@@ -286,6 +319,9 @@ impl Session<'_> {
             ProxyStatement::Show(name) => {
                 let value = match name {
                     "pgweir.lsn" => format_lsn(if self.min_lsn == u64::MAX { 0 } else { self.min_lsn }),
+                    "pgweir.shard_key" => {
+                        self.login.shards.as_ref().and_then(|s| s.session_key.clone()).unwrap_or_default()
+                    }
                     _ => match self.route_override {
                         Some(Route::Primary) => "primary".into(),
                         Some(Route::Replica) => "replica".into(),
@@ -301,7 +337,8 @@ impl Session<'_> {
                 put_frame(out, b'C', b"SHOW\0");
             }
         }
-        put_ready_for_query(out, b'I');
+        let status = if self.deferred_begin.is_some() { b'T' } else { b'I' };
+        put_ready_for_query(out, status);
         true
     }
 }
@@ -320,6 +357,8 @@ fn memchr_ci(hay: &[u8], needle: &[u8]) -> bool {
 enum ProxyStatement {
     SetRoute(Option<Route>),
     SetMinLsn(Option<u64>),
+    /// `SET pgweir.shard_key = 'V'` (None: RESET, or DEFAULT).
+    SetShardKey(Option<String>),
     Show(&'static str),
     Invalid,
 }
@@ -331,8 +370,12 @@ fn proxy_statement(sql: &str) -> Option<ProxyStatement> {
         return match rest.trim() {
             "pgweir.lsn" => Some(ProxyStatement::Show("pgweir.lsn")),
             "pgweir.route" => Some(ProxyStatement::Show("pgweir.route")),
+            "pgweir.shard_key" => Some(ProxyStatement::Show("pgweir.shard_key")),
             _ => None,
         };
+    }
+    if lower.strip_prefix("reset ").map(str::trim) == Some("pgweir.shard_key") {
+        return Some(ProxyStatement::SetShardKey(None));
     }
     let rest = lower.strip_prefix("set ")?.trim_start();
     let (name, value) = if let Some((n, v)) = rest.split_once('=') {
@@ -341,8 +384,15 @@ fn proxy_statement(sql: &str) -> Option<ProxyStatement> {
         let (n, v) = rest.split_once(char::is_whitespace)?;
         (n.trim(), v.trim().strip_prefix("to")?.trim())
     };
+    // The value as written (the lowercased copy has the same byte offsets).
+    let at = value.as_ptr() as usize - lower.as_ptr() as usize;
+    let original = &sql[at..at + value.len()];
     let value = value.trim_matches('\'');
     match name {
+        "pgweir.shard_key" => Some(ProxyStatement::SetShardKey(match original {
+            "default" | "DEFAULT" => None,
+            v => Some(v.trim_matches('\'').replace("''", "'")),
+        })),
         "pgweir.route" => Some(match value {
             "primary" => ProxyStatement::SetRoute(Some(Route::Primary)),
             "replica" => ProxyStatement::SetRoute(Some(Route::Replica)),

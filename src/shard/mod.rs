@@ -5,6 +5,7 @@
 //! `PARTITION BY HASH` table with the same modulus would put them. Pure: no I/O.
 
 pub mod hash;
+pub mod merge;
 pub mod route;
 pub mod value;
 

@@ -568,7 +568,10 @@ impl Router<'_> {
 fn offset(sql: &str, loc: sqlparser::tokenizer::Location) -> Option<usize> {
     let line_start = if loc.line <= 1 { 0 } else { sql.match_indices('\n').nth(loc.line as usize - 2)?.0 + 1 };
     let line = &sql[line_start..];
-    line.char_indices().nth(loc.column.checked_sub(1)? as usize).map(|(i, _)| line_start + i)
+    let line = &line[..line.find('\n').unwrap_or(line.len())];
+    let col = loc.column.checked_sub(1)? as usize;
+    // One past the line's last character: the end of a token that ends the line.
+    line.char_indices().map(|(i, _)| i).chain(std::iter::once(line.len())).nth(col).map(|i| line_start + i)
 }
 
 #[cfg(test)]

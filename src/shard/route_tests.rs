@@ -119,6 +119,10 @@ fn multi_row_inserts_are_cut_per_shard() {
     let get = |s: usize| parts.iter().find(|(t, _)| *t == s).map(|(_, q)| q.as_str()).unwrap();
     assert_eq!(get(shard_of(a)), format!("INSERT INTO users (id, name) VALUES ({a}, 'x, y'), ({a}, ')') RETURNING id"));
     assert_eq!(get(shard_of(b)), format!("INSERT INTO users (id, name) VALUES ({b}, 'é') RETURNING id"));
+    // The last row ends the text.
+    let sql = format!("INSERT INTO users (id) VALUES ({a}), ({b})");
+    let Ok(Decision::Split(parts)) = r(&sql) else { panic!("{:?}", r(&sql)) };
+    assert!(parts.iter().any(|(_, q)| q.ends_with(&format!("VALUES ({b})"))), "{parts:?}");
 }
 
 #[test]
@@ -162,4 +166,7 @@ fn locations_become_byte_offsets() {
     assert_eq!(at(1, 1), Some(0));
     assert_eq!(at(2, 1), Some(3));
     assert_eq!(at(2, 3), Some(6));
+    assert_eq!(at(2, 6), Some(sql.len()));
+    assert_eq!(at(1, 3), Some(2));
+    assert_eq!(at(2, 7), None);
 }
