@@ -7,6 +7,7 @@
 pub mod auth;
 mod cached;
 pub mod cancel;
+mod copy_split;
 mod handshake;
 mod invalidate;
 pub mod params;

@@ -117,7 +117,7 @@ impl Session<'_> {
     }
 
     /// Servers on `targets`, with the session's settings applied.
-    async fn legs(&mut self, targets: &[usize]) -> Result<Vec<Pooled>, PgError> {
+    pub(super) async fn legs(&mut self, targets: &[usize]) -> Result<Vec<Pooled>, PgError> {
         let Some(shards) = self.login.shards.as_ref() else { return Ok(Vec::new()) };
         let pools: Vec<_> = targets.iter().map(|&t| shards.targets[t].pool.clone()).collect();
         let got = join_all(pools.iter().map(|p| p.checkout())).await;

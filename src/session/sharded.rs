@@ -114,6 +114,10 @@ impl Session<'_> {
                 self.scatter(&targets, &item.text).await
             }
             Decision::Split(parts) => self.split_write(parts).await,
+            Decision::CopyIn(plan) => {
+                let Some(item) = items.into_iter().next() else { return ShardStep::Go };
+                self.copy_split(plan, &item.text).await
+            }
         }
     }
 
@@ -232,7 +236,7 @@ impl ShardCheck {
                     name(self.current)
                 ),
             )),
-            Decision::Split(_) => Some(cross_shard_write()),
+            Decision::Split(_) | Decision::CopyIn(_) => Some(cross_shard_write()),
         }
     }
 }
@@ -264,7 +268,9 @@ fn decide(layout: &Layout, items: &[Item], session_key: Option<&str>) -> Result<
         let d = match (route(layout, &item.text, ask), item.parse_only) {
             // Described before it is bound: any shard has the same tables.
             (Ok(Decision::Scatter(s)), true) => Decision::One(s[0]),
-            (Ok(Decision::Split(_)), true) | (Err(RouteError::NoKey { .. }), true) => Decision::One(0),
+            (Ok(Decision::Split(_) | Decision::CopyIn(_)), true) | (Err(RouteError::NoKey { .. }), true) => {
+                Decision::One(0)
+            }
             (r, _) => r?,
         };
         acc = match (acc, d) {
@@ -288,5 +294,5 @@ fn decide(layout: &Layout, items: &[Item], session_key: Option<&str>) -> Result<
 }
 
 fn is_multi(d: &Decision) -> bool {
-    matches!(d, Decision::Scatter(_) | Decision::Split(_))
+    matches!(d, Decision::Scatter(_) | Decision::Split(_) | Decision::CopyIn(_))
 }

@@ -4,6 +4,7 @@
 //! says where it runs; `hash` is PostgreSQL's own hash partitioning, so rows sit where a
 //! `PARTITION BY HASH` table with the same modulus would put them. Pure: no I/O.
 
+pub mod copy;
 pub mod hash;
 pub mod merge;
 pub mod route;

@@ -34,6 +34,8 @@ pub enum Decision {
     Scatter(Vec<usize>),
     /// A write whose rows live on several shards: the statement each one runs.
     Split(Vec<(usize, String)>),
+    /// `COPY sharded_table FROM STDIN`: rows split by key as they stream.
+    CopyIn(super::copy::CopyPlan),
 }
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -235,6 +237,10 @@ impl Router<'_> {
         let mut fixed = BTreeSet::new();
         let mut sharded = BTreeSet::new();
         let mut everywhere = false;
+        let copied = match st {
+            Statement::Copy { source: sqlparser::ast::CopySource::Table { table_name, .. }, .. } => Some(table_name),
+            _ => None,
+        };
         let _ = visit_relations(st, |rel: &ObjectName| {
             let (schema, table) = split_name(rel);
             match layout.place(schema.as_deref(), &table) {
@@ -248,6 +254,19 @@ impl Router<'_> {
             }
             ControlFlow::<()>::Continue(())
         });
+        // COPY's table is not a relation to the visitor.
+        if let Some(name) = copied {
+            let (schema, table) = split_name(name);
+            match layout.place(schema.as_deref(), &table) {
+                Placement::Sharded(i) => {
+                    sharded.insert(i);
+                }
+                Placement::On(t) => {
+                    fixed.insert(t);
+                }
+                Placement::Everywhere => everywhere = true,
+            }
+        }
         let name = |t: usize| layout.targets[t].clone();
         if fixed.len() > 1 {
             let mut it = fixed.iter();
@@ -315,6 +334,15 @@ impl Router<'_> {
                 }
                 "a DELETE"
             }
+            Statement::Copy { .. } if self.key.is_none() => match super::copy::plan(layout, st)? {
+                Some(p) => return Ok(Decision::CopyIn(p)),
+                None => {
+                    return Err(RouteError::Unsupported(format!(
+                        "COPY {} TO spans shards: copy from each shard, or select with the key",
+                        layout.tables[first].name
+                    )))
+                }
+            },
             _ => {
                 return Err(RouteError::Unsupported(format!(
                     "it is not a SELECT, INSERT, UPDATE or DELETE and names sharded table \"{}\": run it on each shard (or add /* pgweir: shard=N */)",

@@ -153,6 +153,9 @@ fn federation_and_joins() {
     assert_eq!(r("SET search_path = x"), Ok(Decision::Any));
     assert_eq!(r("SELECT * FROM countries"), Ok(Decision::Any));
     assert!(r("INSERT INTO countries (c) VALUES ('x')").is_err());
+    assert_eq!(r("COPY invoices (id) FROM STDIN"), Ok(Decision::One(2)));
+    assert!(matches!(r("COPY users (id, name) FROM STDIN"), Ok(Decision::CopyIn(_))));
+    assert!(r("COPY users TO STDOUT").is_err());
     let e = r("SELECT * FROM invoices; SELECT * FROM users WHERE id = 1").unwrap_err();
     assert!(e.to_string().contains("one at a time"), "{e}");
     // DDL naming a sharded table is not guessed at.

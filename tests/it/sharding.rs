@@ -3,6 +3,7 @@
 //! partitioning assigns, point statements reach one shard, and federated tables stay on their
 //! cluster.
 
+use futures_util::SinkExt;
 use pgweir::shard::hash::partition;
 use pgweir::shard::KeyValue;
 
@@ -180,15 +181,34 @@ async fn inserts_land_where_hash_partitioning_puts_them_and_point_reads_hit_one_
         c.execute(&ins, &[&id, &((id % 7) as i32), &((id * 37 % 1000) as i32), &name]).await.unwrap();
     }
     // Multi-row inserts, cut per shard; the count covers every row.
-    for batch in 0..70i64 {
+    for batch in 0..50i64 {
         let rows: Vec<String> = (0..100).map(|i| row_sql(3001 + batch * 100 + i)).collect();
         let n =
             c.execute(&format!("INSERT INTO items (id, grp, v, amount, name) VALUES {}", rows.join(", ")), &[]).await;
         assert_eq!(n.unwrap(), 100);
     }
+    // COPY, text and CSV, in chunks that cut rows anywhere.
+    let text: String = (8001..=9000i64).map(|id| format!("{id}\t{}\t\\N\tt\\t{id}\n", id % 7)).collect();
+    let csv: String = (9001..=10000i64).map(|id| format!("\"c,{id}\n\",{id},{}\n", id % 7)).collect();
+    for (sql, data) in [
+        ("COPY items (id, grp, v, name) FROM STDIN", text),
+        ("COPY items (name, id, grp) FROM STDIN WITH (FORMAT csv)", csv),
+    ] {
+        let sink = c.copy_in(sql).await.unwrap();
+        futures_util::pin_mut!(sink);
+        for chunk in data.as_bytes().chunks(777) {
+            sink.send(bytes::Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        assert_eq!(sink.finish().await.unwrap(), 1000, "{sql}");
+    }
     let (wrong, total) = misplaced(&pg).await;
     assert_eq!(total, 10_000);
     assert!(wrong.is_empty(), "rows on the wrong shard: {:?}", &wrong[..wrong.len().min(10)]);
+    for (id, name) in [(8001i64, "t\t8001"), (9001, "c,9001\n")] {
+        let direct = pg.connect("postgres", SHARDS[shard_of(id)]).await;
+        let got: String = direct.query_one("SELECT name FROM items WHERE id = $1", &[&id]).await.unwrap().get(0);
+        assert_eq!(got, name);
+    }
 
     // Point reads by key reach only their shard.
     let stat = "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements WHERE query LIKE 'SELECT v FROM items WHERE id = $1%' AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())";
@@ -340,6 +360,16 @@ async fn keyless_writes_and_cross_shard_transactions_are_refused() {
     assert_eq!(n, "1");
     let e = c.batch_execute("/* pgweir: shard=5 */ SELECT 1").await.unwrap_err();
     assert_eq!(crate::support::sqlstate(&e), "22023");
+    // A COPY with a bad key commits nothing anywhere.
+    let before = misplaced(&pg).await.1;
+    let sink = c.copy_in::<_, bytes::Bytes>("COPY items (id, grp) FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from(format!("{}\t1\n{}\t1\nnot-a-key\t1\n", a + 5000, b + 5000))).await.unwrap();
+    let e = sink.finish().await.unwrap_err();
+    assert_eq!(crate::support::sqlstate(&e), "22P02", "{e}");
+    assert!(crate::support::message(&e).contains("invalid input syntax for type bigint"), "{e}");
+    assert_eq!(misplaced(&pg).await.1, before);
+    assert_eq!(crate::support::scalar(&c, "SELECT count(*) FROM items").await.unwrap(), before.to_string());
 }
 
 #[tokio::test]
