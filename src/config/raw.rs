@@ -175,7 +175,6 @@ pub struct RawDatabase {
     pub federation: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     pub sharded: Vec<RawShardedTable>,
-    pub two_phase: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

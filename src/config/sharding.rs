@@ -1,5 +1,5 @@
 //! `[databases.NAME]` keys that spread a database over clusters: `shards`, `[[...sharded]]`
-//! tables, `[...federation]` rules and `two_phase`, checked and turned into a `shard::Layout`.
+//! tables and `[...federation]` rules, checked and turned into a `shard::Layout`.
 
 use std::collections::BTreeMap;
 
@@ -70,14 +70,7 @@ impl Validator<'_> {
             );
         }
         let tables = d.sharded.iter().map(|t| self.sharded_table(db, t, shards)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(std::sync::Arc::new(Layout {
-            targets,
-            shards,
-            tables,
-            federation,
-            home,
-            two_phase: d.two_phase.unwrap_or(false),
-        })))
+        Ok(Some(std::sync::Arc::new(Layout { targets, shards, tables, federation, home })))
     }
 
     fn sharded_table(&self, db: &str, t: &RawShardedTable, shards: usize) -> Result<ShardedTable, ConfigError> {

@@ -8,7 +8,6 @@ use std::num::NonZeroUsize;
 use lru::LruCache;
 
 use super::classify::{classify, classify_verdict, hint, Classification, Route};
-use super::lexer::{tokenize, Token};
 
 /// Normalized keys longer than this are not cached (bounds the cache's memory per entry).
 const MAX_CACHED_KEY: usize = 8 * 1024;
@@ -23,31 +22,13 @@ fn normalize(sql: &str, out: &mut Vec<u8>) {
         Some(Route::Primary) => 1,
         Some(Route::Replica) => 2,
     });
-    for tok in tokenize(sql) {
-        match tok.token {
-            Token::Word(w) => {
-                out.push(0x80);
-                out.extend_from_slice(w.as_bytes());
-                out.push(0xFF);
-            }
-            Token::QuotedIdent(q) => {
-                out.push(0x81);
-                out.extend_from_slice(q.as_bytes());
-                out.push(0xFF);
-            }
-            Token::Str(_) | Token::Number(_) => out.push(0x82),
-            Token::Param(n) => {
-                out.push(0x83);
-                out.extend_from_slice(&n.to_le_bytes());
-            }
-            Token::Punct(c) => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
-        }
-    }
+    let mut literals = Vec::new();
+    super::lexer::normalize_into(sql, out, &mut literals);
 }
 
 /// A fixed-seed 64-bit hash (stable across runs and processes, so fingerprints can appear in
 /// config and logs): 8 bytes at a time, then a murmur3 finalizer.
-fn hash_key(key: &[u8]) -> u64 {
+pub(crate) fn hash_key(key: &[u8]) -> u64 {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut h = (key.len() as u64).wrapping_mul(K);
     let mut chunks = key.chunks_exact(8);

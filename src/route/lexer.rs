@@ -426,6 +426,40 @@ fn raw_tokens(sql: &str) -> impl Iterator<Item = Raw> + '_ {
     })
 }
 
+/// Appends the normalized token sequence of `sql` (the key of the classification and routing
+/// caches): each word lowercased between 0x80 and 0xFF, each quoted identifier decoded between
+/// 0x81 and 0xFF, every string or number literal as 0x82, each `$n` as 0x83 and `n` (4 bytes
+/// LE), punctuation as itself. Injective on token sequences; words allocate nothing. The byte
+/// range of each literal is pushed to `literals`.
+pub fn normalize_into(sql: &str, out: &mut Vec<u8>, literals: &mut Vec<(usize, usize)>) {
+    let src = sql.as_bytes();
+    for raw in raw_tokens(sql) {
+        let text = &src[raw.start..raw.end];
+        match raw.kind {
+            Kind::Word => {
+                out.push(0x80);
+                out.extend(text.iter().map(u8::to_ascii_lowercase));
+                out.push(0xFF);
+            }
+            Kind::QuotedIdent { prefix } => {
+                out.push(0x81);
+                out.extend_from_slice(decode_quoted_ident(&text[prefix..]).as_bytes());
+                out.push(0xFF);
+            }
+            Kind::Quoted { .. } | Kind::Dollar { .. } | Kind::Number => {
+                out.push(0x82);
+                literals.push((raw.start, raw.end));
+            }
+            Kind::Param => {
+                let n = text[1..].iter().fold(0u32, |n, d| n.saturating_mul(10).saturating_add(u32::from(d - b'0')));
+                out.push(0x83);
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            Kind::Punct => out.push(text[0]),
+        }
+    }
+}
+
 /// The text of each unquoted word and quoted identifier, in order, without allocating: words as
 /// written (not folded), quoted identifiers between their quotes (`""` not undoubled). A cheap
 /// pre-filter for callers that look for a few names before paying for [`tokenize`].

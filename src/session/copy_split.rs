@@ -49,7 +49,7 @@ impl Session<'_> {
         self.client.rbuf.advance(at.min(self.client.rbuf.len()));
         let Some(layout) = self.login.shards.as_ref().map(|s| s.layout.clone()) else { return ShardStep::Done };
         let targets: Vec<usize> = (0..layout.shards).collect();
-        let mut legs = match self.legs(&targets).await {
+        let mut legs = match self.legs(&targets, false).await {
             Ok(l) => l,
             Err(e) => {
                 e.encode(&mut self.client.wbuf);
@@ -62,6 +62,11 @@ impl Session<'_> {
             // Possibly mid-COPY or mid-transaction: never back to the pool.
             for leg in legs {
                 discard(leg);
+            }
+        }
+        if outcome.is_ok() {
+            for t in targets {
+                self.invalidate_written(t, sql).await;
             }
         }
         match outcome {

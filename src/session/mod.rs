@@ -10,6 +10,7 @@ pub mod cancel;
 mod copy_split;
 mod handshake;
 mod invalidate;
+mod merge_stream;
 pub mod params;
 pub mod plan;
 mod proto;

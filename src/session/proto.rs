@@ -475,7 +475,9 @@ impl Proto {
     /// Inside a transaction of a sharded database: the error for a statement of another target.
     fn shard_refusal(&self, text: &str, bind: Option<&[u8]>) -> Option<PgError> {
         let check = self.shard_check.as_ref()?;
-        if self.plan.status == b'I' {
+        // Between transactions each request is routed on its own, unless the session is
+        // pinned to this server.
+        if self.plan.status == b'I' && !self.state.pins.any() {
             return None;
         }
         check.check(text, bind)

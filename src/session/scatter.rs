@@ -22,8 +22,8 @@ use crate::wire::frame::{cstr, put_frame};
 use crate::wire::{tag, PgError, SqlState};
 
 /// The request as the shards will get it.
-struct Req {
-    shape: Shape,
+pub(super) struct Req {
+    pub shape: Shape,
     types: Vec<u8>,
     /// The Bind's parameter formats and values (without its result formats).
     params: Vec<u8>,
@@ -32,7 +32,7 @@ struct Req {
     len: usize,
 }
 
-fn lost(e: impl std::fmt::Display) -> PgError {
+pub(super) fn lost(e: impl std::fmt::Display) -> PgError {
     PgError::error(SqlState::CONNECTION_FAILURE, format!("pgweir: a shard's connection failed: {e}"))
 }
 
@@ -51,7 +51,7 @@ fn bind_parts(b: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// Writes the answers a request's shape expects before its rows.
-fn put_preamble(out: &mut BytesMut, shape: Shape, description: Option<&[u8]>) {
+pub(super) fn put_preamble(out: &mut BytesMut, shape: Shape, description: Option<&[u8]>) {
     if let Shape::Extended { parse, describe } = shape {
         if parse {
             put_frame(out, b'1', &[]);
@@ -69,18 +69,27 @@ fn put_preamble(out: &mut BytesMut, shape: Shape, description: Option<&[u8]>) {
     }
 }
 
-/// A RowDescription's column names and type OIDs.
-fn describe(body: &[u8]) -> Option<(Vec<String>, Vec<u32>)> {
+/// A RowDescription's column names, type OIDs and formats.
+pub(super) fn describe(body: &[u8]) -> Option<Described> {
     let n = u16::from_be_bytes(body.get(0..2)?.try_into().ok()?) as usize;
     let mut rest = &body[2..];
-    let (mut names, mut types) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut d = Described::default();
     for _ in 0..n {
         let (name, r) = cstr(rest)?;
-        names.push(String::from_utf8_lossy(name).into_owned());
-        types.push(u32::from_be_bytes(r.get(6..10)?.try_into().ok()?));
+        d.names.push(String::from_utf8_lossy(name).into_owned());
+        d.types.push(u32::from_be_bytes(r.get(6..10)?.try_into().ok()?));
+        d.formats.push(i16::from_be_bytes(r.get(16..18)?.try_into().ok()?));
         rest = r.get(18..)?;
     }
-    Some((names, types))
+    Some(d)
+}
+
+/// A RowDescription's columns.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Described {
+    pub names: Vec<String>,
+    pub types: Vec<u32>,
+    pub formats: Vec<i16>,
 }
 
 impl Session<'_> {
@@ -116,10 +125,26 @@ impl Session<'_> {
         Ok(Req { shape: req.shape, types, params: params.to_vec(), results: results.to_vec(), len: req.len })
     }
 
-    /// Servers on `targets`, with the session's settings applied.
-    pub(super) async fn legs(&mut self, targets: &[usize]) -> Result<Vec<Pooled>, PgError> {
+    /// Servers on `targets`, with the session's settings applied; `read`: a replica of each
+    /// target when one is usable (lag and this session's writes to that cluster allowing).
+    pub(super) async fn legs(&mut self, targets: &[usize], read: bool) -> Result<Vec<Pooled>, PgError> {
         let Some(shards) = self.login.shards.as_ref() else { return Ok(Vec::new()) };
-        let pools: Vec<_> = targets.iter().map(|&t| shards.targets[t].pool.clone()).collect();
+        let pools: Vec<std::sync::Arc<crate::pool::ServerPool>> = targets
+            .iter()
+            .map(|&t| {
+                let p = &shards.targets[t];
+                let lsn = if t == shards.current { self.min_lsn } else { shards.lsns[t] };
+                use crate::pool::topology::Target;
+                match p.topology.as_ref().filter(|_| read).map(|top| top.pick_read(lsn)) {
+                    Some(Target::Replica(i)) if i < p.replicas.len() => Ok(p.replicas[i].clone()),
+                    Some(Target::Nowhere) => Err(PgError::error(
+                        SqlState::CONNECTION_EXCEPTION,
+                        "pgweir: no replica of a shard can serve this read now, and routing.primary_reads = never",
+                    )),
+                    _ => Ok(p.pool.clone()),
+                }
+            })
+            .collect::<Result<_, _>>()?;
         let got = join_all(pools.iter().map(|p| p.checkout())).await;
         let mut legs = Vec::with_capacity(got.len());
         let mut failed = None;
@@ -198,10 +223,12 @@ impl Session<'_> {
     }
 
     async fn run_scatter(&mut self, targets: &[usize], req: &Req, plan: Plan) -> Result<(), PgError> {
-        let mut legs = self.legs(targets).await?;
+        let mut legs = self.legs(targets, self.route_override != Some(crate::route::classify::Route::Primary)).await?;
+        // Partial rows for PostgreSQL to finish come as text; rows that may be merged as
+        // they stream come in the client's formats.
         let (sql, text_results) = match &plan {
             Plan::Concat { shard_sql, .. } => (shard_sql.clone(), false),
-            Plan::Final(f) => (f.shard_sql.clone(), true),
+            Plan::Final(f) => (f.shard_sql.clone(), !f.streams()),
         };
         for leg in legs.iter_mut() {
             let out = Self::send(req, &sql, text_results);
@@ -211,7 +238,8 @@ impl Session<'_> {
         }
         let r = match plan {
             Plan::Concat { skip, take, .. } => self.concat(&mut legs, req, skip, take).await,
-            Plan::Final(f) => self.finish(&mut legs, req, &f).await,
+            Plan::Final(f) if f.streams() => self.merge_sorted(&mut legs, req, &f).await,
+            Plan::Final(f) => self.finish(&mut legs, req, &f, None).await,
         };
         if r.is_err() {
             // A leg may still be mid-response: never return it to the pool.
@@ -225,7 +253,7 @@ impl Session<'_> {
     }
 
     /// Reads a leg to its ReadyForQuery, handing each frame to `f`.
-    async fn drain(leg: &mut Pooled, mut f: impl FnMut(u8, BytesMut)) -> Result<(), PgError> {
+    pub(super) async fn drain(leg: &mut Pooled, mut f: impl FnMut(u8, BytesMut)) -> Result<(), PgError> {
         loop {
             let (t, body) = leg.read_frame_upto(MAX_SERVER_FRAME).await.map_err(lost)?;
             if t == tag::READY_FOR_QUERY {
@@ -282,10 +310,19 @@ impl Session<'_> {
     }
 
     /// Collects the shards' partial rows and has PostgreSQL finish them on the first leg.
-    async fn finish(&mut self, legs: &mut [Pooled], req: &Req, f: &merge::Final) -> Result<(), PgError> {
-        let mut described: Option<(Vec<String>, Vec<u32>)> = None;
+    /// `pre`: the shards' columns, when their headers were read already (a merge that fell
+    /// back to this).
+    pub(super) async fn finish(
+        &mut self,
+        legs: &mut [Pooled],
+        req: &Req,
+        f: &merge::Final,
+        pre: Option<Described>,
+    ) -> Result<(), PgError> {
+        let mut ncols = pre.as_ref().map_or(0, |d| d.types.len());
+        let mut described = pre;
         let mut values = BytesMut::new();
-        let (mut rows, mut ncols) = (0usize, 0usize);
+        let mut rows = 0usize;
         let mut error: Option<BytesMut> = None;
         for leg in legs.iter_mut() {
             Self::drain(leg, |t, body| match t {
@@ -294,7 +331,7 @@ impl Session<'_> {
                 }
                 b'T' if described.is_none() => {
                     described = describe(&body);
-                    ncols = described.as_ref().map_or(0, |d| d.1.len());
+                    ncols = described.as_ref().map_or(0, |d| d.types.len());
                 }
                 tag::DATA_ROW if error.is_none() => {
                     if (rows + 1) * ncols.max(1) > merge::MAX_FINAL_PARAMS {
@@ -313,7 +350,7 @@ impl Session<'_> {
             put_frame(&mut self.client.wbuf, tag::ERROR_RESPONSE, &e);
             return Ok(());
         }
-        let (names, types) = described.unwrap_or_default();
+        let Described { names, types, formats } = described.unwrap_or_default();
         let sql = f.final_sql(&types, &names, rows).map_err(|e| e.to_pg())?;
         if rows == 0 {
             // One row of NULLs (the final query filters it out) keeps VALUES typed.
@@ -331,7 +368,18 @@ impl Session<'_> {
                 parse.extend_from_slice(&ty.to_be_bytes());
             }
         }
-        let mut bind = vec![0u8, 0u8, 0, 0];
+        // Each value goes back in the format the shard sent it in.
+        let mut bind = vec![0u8, 0u8];
+        if formats.iter().all(|&f| f == 0) {
+            bind.extend_from_slice(&0u16.to_be_bytes());
+        } else {
+            bind.extend_from_slice(&(nparams as u16).to_be_bytes());
+            for _ in 0..rows.max(1) {
+                for f in &formats {
+                    bind.extend_from_slice(&f.to_be_bytes());
+                }
+            }
+        }
         bind.extend_from_slice(&(nparams as u16).to_be_bytes());
         bind.extend_from_slice(&values);
         bind.extend_from_slice(if req.shape == Shape::Simple { &[0, 0] } else { &req.results });
@@ -383,7 +431,7 @@ impl Session<'_> {
         };
         bytes::Buf::advance(&mut self.client.rbuf, req.len);
         let targets: Vec<usize> = parts.iter().map(|(t, _)| *t).collect();
-        let result = match self.legs(&targets).await {
+        let result = match self.legs(&targets, false).await {
             Ok(mut legs) => {
                 let r = self.run_split(&mut legs, &req, &parts).await;
                 if r.is_err() {
@@ -397,12 +445,24 @@ impl Session<'_> {
             }
             Err(e) => Err(e),
         };
+        if result.is_ok() {
+            for (t, sql) in &parts {
+                self.invalidate_written(*t, sql).await;
+            }
+        }
         match result {
             Ok(out) => self.client.wbuf.extend_from_slice(&out),
             Err(e) => e.encode(&mut self.client.wbuf),
         }
         put_ready_for_query(&mut self.client.wbuf, b'I');
         ShardStep::Done
+    }
+
+    /// After a write this session ran on `target` outside the relay: the result cache's
+    /// versions of the tables it wrote are bumped before the client hears of the commit.
+    pub(super) async fn invalidate_written(&self, target: usize, sql: &str) {
+        let (Some(cache), Some(shards)) = (self.ctx.cache.as_ref(), self.login.shards.as_ref()) else { return };
+        cache.invalidate(&shards.targets[target].cache_db, &crate::cache::writes(sql)).await;
     }
 
     /// Runs each part in a transaction on its leg; the client's answer, once all committed.

@@ -13,6 +13,7 @@ use tokio::io::AsyncReadExt;
 use super::handshake::{target_pools, LoginSpec};
 use super::relay::Session;
 use super::{Context, TargetPools};
+use crate::shard::cache::RouteCache;
 use crate::shard::route::{route, Ask, Decision, Params, RouteError};
 use crate::shard::Layout;
 use crate::wire::frame::{cstr, FrameHead};
@@ -30,13 +31,19 @@ pub struct ShardLogin {
     pub current: usize,
     /// `SET pgweir.shard_key`.
     pub session_key: Option<String>,
+    /// Routing plans by statement shape.
+    cache: RouteCache,
+    /// Read-your-writes positions per target (each cluster has its own WAL); the current
+    /// target's lives in the session.
+    pub lsns: Vec<u64>,
 }
 
 impl ShardLogin {
     pub(super) fn new(ctx: &Context, base: &LoginSpec<'_>, layout: Arc<Layout>) -> Result<ShardLogin, PgError> {
         let targets = layout.targets.iter().map(|c| target_pools(ctx, base, c, true)).collect::<Result<Vec<_>, _>>()?;
         let current = layout.default_target();
-        Ok(ShardLogin { layout, targets, current, session_key: None })
+        let lsns = vec![0; targets.len()];
+        Ok(ShardLogin { layout, targets, current, session_key: None, cache: RouteCache::default(), lsns })
     }
 }
 
@@ -89,10 +96,10 @@ impl Session<'_> {
                 Ok(_) => {}
             }
         }
-        let Some(shards) = self.login.shards.as_ref() else { return ShardStep::Go };
-        let layout = shards.layout.clone();
         let items = self.request_items();
-        let decision = match decide(&layout, &items, shards.session_key.as_deref()) {
+        let Some(shards) = self.login.shards.as_mut() else { return ShardStep::Go };
+        let layout = shards.layout.clone();
+        let decision = match decide(&layout, &items, shards.session_key.as_deref(), Some(&mut shards.cache)) {
             Ok(d) => d,
             Err(e) => {
                 self.refuse_request(e.to_pg());
@@ -137,6 +144,8 @@ impl Session<'_> {
             return;
         }
         let p = shards.targets[t].clone();
+        shards.lsns[shards.current] = self.min_lsn;
+        self.min_lsn = shards.lsns[t];
         shards.current = t;
         self.login.pool = p.pool;
         self.login.replicas = p.replicas;
@@ -220,7 +229,7 @@ impl ShardCheck {
     /// its names), None for a Query.
     pub fn check(&self, text: &str, bind: Option<&[u8]>) -> Option<PgError> {
         let item = Item { text: text.to_string(), bind: bind.map(<[u8]>::to_vec), parse_only: false };
-        let d = match decide(&self.layout, std::slice::from_ref(&item), self.session_key.as_deref()) {
+        let d = match decide(&self.layout, std::slice::from_ref(&item), self.session_key.as_deref(), None) {
             Ok(d) => d,
             Err(e) => return Some(e.to_pg()),
         };
@@ -252,12 +261,17 @@ pub(super) fn cross_transaction(current: &str, other: &str) -> PgError {
 pub(super) fn cross_shard_write() -> PgError {
     PgError::error(
         SqlState::FEATURE_NOT_SUPPORTED,
-        "pgweir: a transaction cannot write to two shards (two-phase commit is off: databases.NAME.two_phase)",
+        "pgweir: a transaction cannot write to two shards (PgWeir has no two-phase commit): write each shard in its own transaction",
     )
 }
 
 /// One decision for a whole request: its statements must agree.
-fn decide(layout: &Layout, items: &[Item], session_key: Option<&str>) -> Result<Decision, RouteError> {
+fn decide(
+    layout: &Layout,
+    items: &[Item],
+    session_key: Option<&str>,
+    mut cache: Option<&mut RouteCache>,
+) -> Result<Decision, RouteError> {
     let mut acc = Decision::Any;
     for item in items {
         let params = match &item.bind {
@@ -265,7 +279,11 @@ fn decide(layout: &Layout, items: &[Item], session_key: Option<&str>) -> Result<
             None => None,
         };
         let ask = Ask { params: params.as_ref(), session_key };
-        let d = match (route(layout, &item.text, ask), item.parse_only) {
+        let routed = match cache.as_deref_mut() {
+            Some(c) => c.route(layout, &item.text, ask),
+            None => route(layout, &item.text, ask),
+        };
+        let d = match (routed, item.parse_only) {
             // Described before it is bound: any shard has the same tables.
             (Ok(Decision::Scatter(s)), true) => Decision::One(s[0]),
             (Ok(Decision::Split(_) | Decision::CopyIn(_)), true) | (Err(RouteError::NoKey { .. }), true) => {

@@ -336,7 +336,6 @@ mod tests {
             }],
             federation: vec![],
             home: None,
-            two_phase: false,
         }
     }
 

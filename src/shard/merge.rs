@@ -58,8 +58,8 @@ pub struct Final {
     group: Vec<usize>,
     grouped: bool,
     /// ORDER BY: 1-based output position (or a name to find among the columns of `SELECT *`),
-    /// and the direction text.
-    order: Vec<(OrderKey, String)>,
+    /// and the direction.
+    order: Vec<(OrderKey, Dir)>,
     limit: Option<u64>,
     offset: u64,
 }
@@ -68,6 +68,31 @@ pub struct Final {
 enum OrderKey {
     Position(usize),
     Name(String),
+}
+
+/// One ORDER BY key's direction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Dir {
+    desc: bool,
+    nulls_first: Option<bool>,
+    /// `USING op`: only PostgreSQL can apply it.
+    using: Option<String>,
+}
+
+impl Dir {
+    fn sql(&self) -> String {
+        let mut d = match &self.using {
+            Some(op) => format!("USING {op}"),
+            None if self.desc => "DESC".to_string(),
+            None => "ASC".to_string(),
+        };
+        match self.nulls_first {
+            Some(true) => d.push_str(" NULLS FIRST"),
+            Some(false) => d.push_str(" NULLS LAST"),
+            None => {}
+        }
+        d
+    }
 }
 
 fn unsupported(what: &str) -> RouteError {
@@ -128,16 +153,14 @@ pub fn plan(sql: &str) -> Result<Plan, RouteError> {
         let OrderByKind::Expressions(list) = &ob.kind else { return Err(unsupported("ORDER BY ALL")) };
         for o in list {
             let key = order_key(&o.expr, &items, wildcard)?;
-            let mut dir = match &o.options.sort {
-                None | Some(OrderBySort::Asc) => "ASC".to_string(),
-                Some(OrderBySort::Desc) => "DESC".to_string(),
-                Some(OrderBySort::Using(op)) => format!("USING {op}"),
+            let dir = Dir {
+                desc: matches!(o.options.sort, Some(OrderBySort::Desc)),
+                nulls_first: o.options.nulls_first,
+                using: match &o.options.sort {
+                    Some(OrderBySort::Using(op)) => Some(op.to_string()),
+                    _ => None,
+                },
             };
-            match o.options.nulls_first {
-                Some(true) => dir.push_str(" NULLS FIRST"),
-                Some(false) => dir.push_str(" NULLS LAST"),
-                None => {}
-            }
             order.push((key, dir));
         }
     }
@@ -468,6 +491,43 @@ fn sum_types(oid: u32) -> Option<(&'static str, &'static str)> {
 }
 
 impl Final {
+    /// Rows of an ORDER BY without aggregates can be merged as they stream, when the proxy
+    /// can compare the sort columns itself (`sort_keys`).
+    pub fn streams(&self) -> bool {
+        self.outs.is_none()
+    }
+
+    /// Rows dropped, then rows kept, after the merge.
+    pub fn bounds(&self) -> (u64, Option<u64>) {
+        (self.offset, self.limit)
+    }
+
+    /// The ORDER BY resolved against the shards' result columns (names, type OIDs, formats),
+    /// if every key is a column of a type `order` compares exactly.
+    pub fn sort_keys(&self, names: &[String], types: &[u32], formats: &[i16]) -> Option<Vec<super::order::SortKey>> {
+        if !self.streams() {
+            return None;
+        }
+        let mut keys = Vec::with_capacity(self.order.len());
+        for (k, dir) in &self.order {
+            if dir.using.is_some() {
+                return None;
+            }
+            let col = match k {
+                OrderKey::Position(p) => p.checked_sub(1)?,
+                OrderKey::Name(n) => names.iter().position(|x| x == n)?,
+            };
+            let kind = super::order::kind(*types.get(col)?, formats.get(col).copied().unwrap_or(0))?;
+            keys.push(super::order::SortKey {
+                col,
+                kind,
+                desc: dir.desc,
+                nulls_first: dir.nulls_first.unwrap_or(dir.desc),
+            });
+        }
+        Some(keys)
+    }
+
     /// The final query over `rows` partial rows of the given column type OIDs (their values
     /// are bound as parameters `$1..`, row after row). `names`: the partial columns' names
     /// (for ORDER BY of a `SELECT *`).
@@ -539,7 +599,7 @@ impl Final {
                         RouteError::Unsupported(format!("ORDER BY {n}: no such column in the result"))
                     })?,
                 };
-                keys.push(format!("{pos} {dir}"));
+                keys.push(format!("{pos} {}", dir.sql()));
             }
             sql.push_str(&format!(" ORDER BY {}", keys.join(", ")));
         }

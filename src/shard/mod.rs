@@ -4,9 +4,11 @@
 //! says where it runs; `hash` is PostgreSQL's own hash partitioning, so rows sit where a
 //! `PARTITION BY HASH` table with the same modulus would put them. Pure: no I/O.
 
+pub mod cache;
 pub mod copy;
 pub mod hash;
 pub mod merge;
+pub mod order;
 pub mod route;
 pub mod value;
 
@@ -59,8 +61,6 @@ pub struct Layout {
     /// Where tables no rule names live; None (a sharded database without `cluster`): on every
     /// shard (reference tables): reads go with the shard the statement picks, or shard 0.
     pub home: Option<usize>,
-    /// Writes spanning shards run with two-phase commit (else they are refused).
-    pub two_phase: bool,
 }
 
 /// Where one table lives.
@@ -157,7 +157,6 @@ mod tests {
                 FederationRule { schema: None, table: Some("audit".into()), target: 2 },
             ],
             home: Some(3),
-            two_phase: false,
         };
         assert_eq!(layout.place(None, "t"), Placement::Sharded(0));
         assert_eq!(layout.place(Some("billing"), "invoices"), Placement::On(2));

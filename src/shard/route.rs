@@ -106,7 +106,7 @@ impl<'a> Params<'a> {
         Some(Params { formats, values })
     }
 
-    fn key(&self, n: usize, ty: super::KeyType) -> Result<Option<KeyValue>, RouteError> {
+    pub(crate) fn key(&self, n: usize, ty: super::KeyType) -> Result<Option<KeyValue>, RouteError> {
         let i = n.checked_sub(1).filter(|&i| i < self.values.len());
         let Some(i) = i else {
             return Err(RouteError::BadKey(format!("there is no parameter ${n}")));
@@ -135,8 +135,35 @@ pub struct Ask<'a> {
     pub session_key: Option<&'a str>,
 }
 
+/// A constant a decision was computed from (for `RouteCache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Used {
+    /// A literal starting at this byte offset, the key of sharded table `table`.
+    Literal { at: usize, table: usize },
+    /// Parameter `$n`, the key of sharded table `table`.
+    Param { n: usize, table: usize },
+    /// Something a cached plan cannot redo (a negated literal, a hint, the session key).
+    Other,
+}
+
 /// Where `sql` (one Query string, or a Parse's text) runs.
 pub fn route(layout: &Layout, sql: &str, ask: Ask<'_>) -> Result<Decision, RouteError> {
+    route_explained(layout, sql, ask).0
+}
+
+/// [`route`], and the constants the decision was computed from.
+pub fn route_explained(layout: &Layout, sql: &str, ask: Ask<'_>) -> (Result<Decision, RouteError>, Vec<Used>) {
+    let used = std::cell::RefCell::new(Vec::new());
+    let d = route_with(layout, sql, ask, &used);
+    (d, used.into_inner())
+}
+
+fn route_with(
+    layout: &Layout,
+    sql: &str,
+    ask: Ask<'_>,
+    used: &std::cell::RefCell<Vec<Used>>,
+) -> Result<Decision, RouteError> {
     let mut hint_key = None;
     for item in crate::route::classify::pgweir_items(sql) {
         let (k, v) = item.split_once('=').unwrap_or((item, ""));
@@ -145,20 +172,25 @@ pub fn route(layout: &Layout, sql: &str, ask: Ask<'_>) -> Result<Decision, Route
             if n >= layout.shards {
                 return Err(RouteError::BadHint(format!("shard={n}, but there are {} shards", layout.shards)));
             }
+            used.borrow_mut().push(Used::Other);
             return Ok(Decision::One(n));
         }
         if k.eq_ignore_ascii_case("key") {
             hint_key = Some(v.trim_matches('\''));
+            used.borrow_mut().push(Used::Other);
         }
     }
     let key = hint_key.or(ask.session_key);
     let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
         Ok(s) => s,
-        Err(e) => return unparsed(layout, sql, key, &e.to_string()),
+        Err(e) => {
+            used.borrow_mut().push(Used::Other);
+            return unparsed(layout, sql, key, &e.to_string());
+        }
     };
     let mut acc: Option<Decision> = None;
     for st in &statements {
-        let d = Router { layout, sql, params: ask.params, key }.statement(st)?;
+        let d = Router { layout, sql, params: ask.params, key, used }.statement(st)?;
         acc = Some(match (acc, d) {
             (None, d) | (Some(Decision::Any), d) => d,
             (Some(a), Decision::Any) => a,
@@ -212,6 +244,7 @@ struct Router<'a> {
     sql: &'a str,
     params: Option<&'a Params<'a>>,
     key: Option<&'a str>,
+    used: &'a std::cell::RefCell<Vec<Used>>,
 }
 
 fn fold(i: &sqlparser::ast::Ident) -> String {
@@ -289,7 +322,10 @@ impl Router<'_> {
         }
         let first = *sharded.iter().next().unwrap_or(&0);
         let mut shards: Shards = match self.key {
-            Some(k) => Some(self.one_key(first, k)?),
+            Some(k) => {
+                self.used.borrow_mut().push(Used::Other);
+                Some(self.one_key(first, k)?)
+            }
             None => None,
         };
         let mut split = None;
@@ -466,6 +502,11 @@ impl Router<'_> {
         })
     }
 
+    fn literal(&self, at: sqlparser::tokenizer::Location, table: usize) {
+        let u = offset(self.sql, at).map_or(Used::Other, |at| Used::Literal { at, table });
+        self.used.borrow_mut().push(u);
+    }
+
     fn shard(&self, t: usize, k: Option<&KeyValue>) -> Result<usize, RouteError> {
         self.layout.tables[t].shard_of(k, self.layout.shards).map_err(RouteError::BadKey)
     }
@@ -494,18 +535,26 @@ impl Router<'_> {
             Expr::Nested(inner) => self.constant(t, inner),
             Expr::Cast { expr, .. } => self.constant(t, expr),
             Expr::TypedString(ts) => match ts.value.value.clone().into_string() {
-                Some(s) => text(&s),
+                Some(s) => {
+                    self.literal(ts.value.span.start, t);
+                    text(&s)
+                }
                 None => Ok(None),
             },
             Expr::UnaryOp { op: UnaryOperator::Minus, expr } => match self.constant(t, expr)? {
-                Some(Some(KeyValue::Int(v))) => match v.checked_neg() {
-                    Some(n) => text(&n.to_string()),
-                    None => Err(RouteError::BadKey(format!("-({v}) is out of range"))),
-                },
+                Some(Some(KeyValue::Int(v))) => {
+                    match v.checked_neg().inspect(|_| self.used.borrow_mut().push(Used::Other)) {
+                        Some(n) => text(&n.to_string()),
+                        None => Err(RouteError::BadKey(format!("-({v}) is out of range"))),
+                    }
+                }
                 _ => Ok(None),
             },
             Expr::Value(v) => match &v.value {
-                Value::Number(n, _) => text(n),
+                Value::Number(n, _) => {
+                    self.literal(v.span.start, t);
+                    text(n)
+                }
                 Value::Null => Ok(Some(None)),
                 Value::Placeholder(p) => {
                     let n: usize = p
@@ -513,13 +562,22 @@ impl Router<'_> {
                         .parse()
                         .map_err(|_| RouteError::BadKey(format!("bad parameter {p}")))?;
                     match self.params {
-                        Some(params) => Ok(Some(params.key(n, ty)?)),
+                        Some(params) => {
+                            self.used.borrow_mut().push(Used::Param { n, table: t });
+                            Ok(Some(params.key(n, ty)?))
+                        }
                         // A Parse routed without its Bind: the key is not known yet.
-                        None => Ok(None),
+                        None => {
+                            self.used.borrow_mut().push(Used::Other);
+                            Ok(None)
+                        }
                     }
                 }
                 other => match other.clone().into_string() {
-                    Some(s) => text(&s),
+                    Some(s) => {
+                        self.literal(v.span.start, t);
+                        text(&s)
+                    }
                     None => Ok(None),
                 },
             },

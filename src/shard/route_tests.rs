@@ -23,7 +23,6 @@ fn layout() -> Layout {
         ],
         federation: vec![FederationRule { schema: None, table: Some("invoices".into()), target: 2 }],
         home: None,
-        two_phase: false,
     }
 }
 

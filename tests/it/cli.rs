@@ -56,9 +56,14 @@ fn check_reports_key_and_line() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:3") && err.contains("pool.mode"), "{err}");
-    for example in
-        ["config/sidecar.toml", "config/fleet.toml", "config/split.toml", "config/cache.toml", "docker/pgweir.toml"]
-    {
+    for example in [
+        "config/sidecar.toml",
+        "config/fleet.toml",
+        "config/split.toml",
+        "config/cache.toml",
+        "config/sharded.toml",
+        "docker/pgweir.toml",
+    ] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(example);
         let out = Command::new(env!("CARGO_BIN_EXE_pgweir"))
             .args(["check", "-c"])
