@@ -160,6 +160,11 @@ impl Plan {
         self.q.push_back(Entry::Client(unit));
     }
 
+    /// The batch was ended by an injected Sync (the client's next messages start a new one).
+    pub fn close_batch(&mut self) {
+        self.open_batch = false;
+    }
+
     pub fn injected(&mut self, unit: Unit) {
         self.q.push_back(Entry::Injected(unit));
     }

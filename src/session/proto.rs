@@ -93,6 +93,14 @@ pub struct Proto {
     pub shard_check: Option<super::sharded::ShardCheck>,
     /// The unnamed statement's text (kept only for `shard_check`).
     pub(super) unnamed_text: Option<String>,
+    /// Statements (Query or Bind) of the routed request still to be forwarded unchecked.
+    pub shard_skip: usize,
+    /// Routing plans by statement shape (sharded databases only).
+    pub route_cache: Option<crate::shard::cache::RouteCache>,
+    /// A Bind for another target arrived after a Flush: the batch on this server is closed
+    /// with an injected Sync, the server released, and the Bind (still in the client's buffer)
+    /// routed on its own.
+    pub(super) reroute: bool,
 }
 
 impl Proto {
@@ -126,6 +134,9 @@ impl Proto {
             cstate: Default::default(),
             shard_check: None,
             unnamed_text: None,
+            shard_skip: 0,
+            route_cache: None,
+            reroute: false,
         }
     }
 
@@ -153,6 +164,7 @@ impl Proto {
         self.sneed = 0;
         self.server_fatal = false;
         self.last_bound = None;
+        self.reroute = false;
     }
 
     /// Neither side is in the middle of anything.
@@ -171,7 +183,7 @@ impl Proto {
         split: Option<&super::Context>,
     ) -> Result<Option<usize>, PgError> {
         loop {
-            if self.to_server.len() >= HIGH_WATER {
+            if self.to_server.len() >= HIGH_WATER || self.reroute {
                 return Ok(Some(0));
             }
             let one_at_a_time = self.on_replica || (self.shard_check.is_some() && self.plan.status == b'I');
@@ -194,6 +206,14 @@ impl Proto {
                 Step::Whole(h) => {
                     if h.tag == tag::TERMINATE {
                         return Ok(None);
+                    }
+                    if h.tag == tag::BIND && self.belongs_elsewhere(&rbuf[5..h.total]) {
+                        // Left in the client's buffer for the next routing decision.
+                        self.to_server.extend_from_slice(&[tag::SYNC, 0, 0, 0, 4]);
+                        self.plan.injected(Unit::Sync);
+                        self.plan.close_batch();
+                        self.reroute = true;
+                        return Ok(Some(0));
                     }
                     self.capture_client(h.tag, &rbuf[..h.total], true);
                     self.client_message(h.tag, &rbuf[..h.total], h.total, server, params, split);
@@ -473,17 +493,37 @@ impl Proto {
     }
 
     /// Inside a transaction of a sharded database: the error for a statement of another target.
-    fn shard_refusal(&self, text: &str, bind: Option<&[u8]>) -> Option<PgError> {
+    /// A statement forwarded to the attached server that belongs on another target. The
+    /// statements of the request that was routed when the server was attached are not checked
+    /// again; everything after them is: statements of a transaction, of a pinned session, or of
+    /// a batch continued after a Flush (asyncpg's Parse/Describe/Flush, then Bind).
+    fn shard_refusal(&mut self, text: &str, bind: Option<&[u8]>) -> Option<PgError> {
         let check = self.shard_check.as_ref()?;
-        // Between transactions each request is routed on its own, unless the session is
-        // pinned to this server.
-        if self.plan.status == b'I' && !self.state.pins.any() {
+        if self.shard_skip > 0 {
+            self.shard_skip -= 1;
             return None;
         }
-        check.check(text, bind)
+        let cache = self.route_cache.get_or_insert_with(Default::default);
+        check.check(cache, text, bind)
     }
 
-    fn bind_refusal(&self, body: &[u8]) -> Option<PgError> {
+    /// A Bind of a named statement, between transactions, in a batch continued after a Flush,
+    /// whose key belongs on another target: it can run there (the statement is prepared there
+    /// at first use).
+    fn belongs_elsewhere(&mut self, body: &[u8]) -> bool {
+        let Some(check) = self.shard_check.as_ref() else { return false };
+        if self.shard_skip > 0 || !self.rewrite || self.plan.status != b'I' || self.state.pins.any() {
+            return false;
+        }
+        let Some((_, stmt, rest_at)) = stmts::parse_bind_names(body) else { return false };
+        let Some(def) = self.stmts.get(stmt).filter(|_| !stmt.is_empty()) else { return false };
+        let Some(p) = stmts::parse_parse(&def.parse_frame[5..]) else { return false };
+        let text = String::from_utf8_lossy(p.query).into_owned();
+        let cache = self.route_cache.get_or_insert_with(Default::default);
+        check.elsewhere(cache, &text, &body[rest_at..])
+    }
+
+    fn bind_refusal(&mut self, body: &[u8]) -> Option<PgError> {
         self.shard_check.as_ref()?;
         let (_, stmt, rest_at) = stmts::parse_bind_names(body)?;
         let text = if stmt.is_empty() {

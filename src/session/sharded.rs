@@ -14,7 +14,7 @@ use super::handshake::{target_pools, LoginSpec};
 use super::relay::Session;
 use super::{Context, TargetPools};
 use crate::shard::cache::RouteCache;
-use crate::shard::route::{route, Ask, Decision, Params, RouteError};
+use crate::shard::route::{Ask, Decision, Params, RouteError};
 use crate::shard::Layout;
 use crate::wire::frame::{cstr, FrameHead};
 use crate::wire::{tag, PgError, SqlState};
@@ -31,8 +31,6 @@ pub struct ShardLogin {
     pub current: usize,
     /// `SET pgweir.shard_key`.
     pub session_key: Option<String>,
-    /// Routing plans by statement shape.
-    cache: RouteCache,
     /// Read-your-writes positions per target (each cluster has its own WAL); the current
     /// target's lives in the session.
     pub lsns: Vec<u64>,
@@ -43,7 +41,7 @@ impl ShardLogin {
         let targets = layout.targets.iter().map(|c| target_pools(ctx, base, c, true)).collect::<Result<Vec<_>, _>>()?;
         let current = layout.default_target();
         let lsns = vec![0; targets.len()];
-        Ok(ShardLogin { layout, targets, current, session_key: None, cache: RouteCache::default(), lsns })
+        Ok(ShardLogin { layout, targets, current, session_key: None, lsns })
     }
 }
 
@@ -97,9 +95,11 @@ impl Session<'_> {
             }
         }
         let items = self.request_items();
-        let Some(shards) = self.login.shards.as_mut() else { return ShardStep::Go };
+        self.proto.shard_skip = items.iter().filter(|i| !i.parse_only).count();
+        let Some(shards) = self.login.shards.as_ref() else { return ShardStep::Go };
         let layout = shards.layout.clone();
-        let decision = match decide(&layout, &items, shards.session_key.as_deref(), Some(&mut shards.cache)) {
+        let cache = self.proto.route_cache.get_or_insert_with(RouteCache::default);
+        let decision = match decide(&layout, &items, shards.session_key.as_deref(), cache) {
             Ok(d) => d,
             Err(e) => {
                 self.refuse_request(e.to_pg());
@@ -225,11 +225,20 @@ pub struct ShardCheck {
 }
 
 impl ShardCheck {
+    /// Does this bound statement route to one target other than the current one?
+    pub fn elsewhere(&self, cache: &mut RouteCache, text: &str, bind: &[u8]) -> bool {
+        let item = Item { text: text.to_string(), bind: Some(bind.to_vec()), parse_only: false };
+        matches!(
+            decide(&self.layout, std::slice::from_ref(&item), self.session_key.as_deref(), cache),
+            Ok(Decision::One(t)) if t != self.current
+        )
+    }
+
     /// Refuses a statement meant for another target. `bind`: the Bind's parameters (after
     /// its names), None for a Query.
-    pub fn check(&self, text: &str, bind: Option<&[u8]>) -> Option<PgError> {
+    pub fn check(&self, cache: &mut RouteCache, text: &str, bind: Option<&[u8]>) -> Option<PgError> {
         let item = Item { text: text.to_string(), bind: bind.map(<[u8]>::to_vec), parse_only: false };
-        let d = match decide(&self.layout, std::slice::from_ref(&item), self.session_key.as_deref(), None) {
+        let d = match decide(&self.layout, std::slice::from_ref(&item), self.session_key.as_deref(), cache) {
             Ok(d) => d,
             Err(e) => return Some(e.to_pg()),
         };
@@ -270,7 +279,7 @@ fn decide(
     layout: &Layout,
     items: &[Item],
     session_key: Option<&str>,
-    mut cache: Option<&mut RouteCache>,
+    cache: &mut RouteCache,
 ) -> Result<Decision, RouteError> {
     let mut acc = Decision::Any;
     for item in items {
@@ -279,11 +288,7 @@ fn decide(
             None => None,
         };
         let ask = Ask { params: params.as_ref(), session_key };
-        let routed = match cache.as_deref_mut() {
-            Some(c) => c.route(layout, &item.text, ask),
-            None => route(layout, &item.text, ask),
-        };
-        let d = match (routed, item.parse_only) {
+        let d = match (cache.route(layout, &item.text, ask), item.parse_only) {
             // Described before it is bound: any shard has the same tables.
             (Ok(Decision::Scatter(s)), true) => Decision::One(s[0]),
             (Ok(Decision::Split(_) | Decision::CopyIn(_)), true) | (Err(RouteError::NoKey { .. }), true) => {
@@ -307,6 +312,11 @@ fn decide(
                 ))
             }
         };
+    }
+    if is_multi(&acc) && items.len() > 1 {
+        return Err(RouteError::Unsupported(
+            "a batch of several statements where one spans shards: send that one on its own (with its own Sync)".into(),
+        ));
     }
     Ok(acc)
 }

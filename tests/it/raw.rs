@@ -79,6 +79,20 @@ impl RawClient {
         self.send(b'B', &b);
     }
 
+    /// A Bind with text parameters.
+    pub fn bind_text(&mut self, portal: &str, stmt: &str, params: &[&str]) {
+        let mut b = cstr(portal);
+        b.extend(cstr(stmt));
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b.extend_from_slice(&(params.len() as u16).to_be_bytes());
+        for p in params {
+            b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+            b.extend_from_slice(p.as_bytes());
+        }
+        b.extend_from_slice(&0u16.to_be_bytes());
+        self.send(b'B', &b);
+    }
+
     pub fn execute(&mut self, portal: &str) {
         let mut b = cstr(portal);
         b.extend_from_slice(&0u32.to_be_bytes());

@@ -472,3 +472,48 @@ async fn order_by_without_limit_streams_a_k_way_merge() {
     assert_eq!(ours.len(), 40_000);
     assert!(ours == key(whole.query(q, &[&7i32]).await.unwrap()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_after_parse_describe_flush_runs_on_its_keys_shard() {
+    let pg = shard_cluster().await;
+    let a = 1i64;
+    let b = (2..100).find(|&k| shard_of(k) != shard_of(a)).unwrap();
+    for (k, v) in [(a, 111), (b, 222)] {
+        let c = pg.connect("postgres", SHARDS[shard_of(k)]).await;
+        c.execute("INSERT INTO items (id, grp, v) VALUES ($1, 0, $2)", &[&k, &v]).await.unwrap();
+    }
+    let proxy = crate::support::start_proxy(&pg, &shard_toml(&pg)).await;
+    let addr = proxy.local_addr();
+    let values = tokio::task::spawn_blocking(move || {
+        let mut c = crate::raw::RawClient::login(addr, "postgres", "app");
+        let mut got = Vec::new();
+        for (i, k) in [a, b, b, a].into_iter().enumerate() {
+            // asyncpg's pattern: the statement is described first (no key yet: some shard),
+            // then bound with the key after a Flush.
+            let name = format!("s{i}");
+            c.parse(&name, "SELECT v FROM items WHERE id = $1");
+            c.describe_statement(&name);
+            c.send(b'H', b"");
+            assert_eq!(c.until(b'T'), vec![b'1', b't', b'T']);
+            c.bind_text("", &name, &[&k.to_string()]);
+            c.execute("");
+            c.send(b'S', b"");
+            let mut value = None;
+            loop {
+                let (t, body) = c.read();
+                match t {
+                    b'D' => value = Some(String::from_utf8_lossy(&body[6..]).into_owned()),
+                    b'E' => panic!("key {k}: {}", String::from_utf8_lossy(&body)),
+                    b'Z' => break,
+                    _ => {}
+                }
+            }
+            got.push(value);
+        }
+        got
+    })
+    .await
+    .unwrap();
+    let want: Vec<Option<String>> = ["111", "222", "222", "111"].iter().map(|s| Some(s.to_string())).collect();
+    assert_eq!(values, want);
+}
