@@ -460,6 +460,20 @@ pub fn normalize_into(sql: &str, out: &mut Vec<u8>, literals: &mut Vec<(usize, u
     }
 }
 
+/// The literal token starting exactly at byte `pos` (no whitespace or comment before it): its
+/// end and a code for its kind (number, each quoting style, dollar quoting with its tag length),
+/// or None when no literal starts there.
+pub fn literal_at(sql: &str, pos: usize) -> Option<(usize, u32)> {
+    let raw = next_raw(sql.as_bytes(), pos).filter(|r| r.start == pos)?;
+    let class = match raw.kind {
+        Kind::Number => 1,
+        Kind::Quoted { prefix, escapes } => 2 + 2 * prefix as u32 + u32::from(escapes),
+        Kind::Dollar { tag_len, terminated: true } => 100 + tag_len as u32,
+        _ => return None,
+    };
+    Some((raw.end, class))
+}
+
 /// The text of each unquoted word and quoted identifier, in order, without allocating: words as
 /// written (not folded), quoted identifiers between their quotes (`""` not undoubled). A cheap
 /// pre-filter for callers that look for a few names before paying for [`tokenize`].

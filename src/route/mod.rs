@@ -6,3 +6,4 @@ pub mod cache;
 pub mod classify;
 pub mod lexer;
 pub mod session_sql;
+pub mod skeleton;

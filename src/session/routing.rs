@@ -214,7 +214,15 @@ impl Session<'_> {
         if h.tag != tag::QUERY || buf.len() < h.total || h.total > 1024 {
             return false;
         }
-        let text = String::from_utf8_lossy(&buf[5..h.total - 1]).to_string();
+        // Only transaction control is answered here: look at the first word before anything else.
+        let Ok(text) = std::str::from_utf8(&buf[5..h.total - 1]) else { return false };
+        let control = crate::route::lexer::first_word(text).is_some_and(|w| {
+            ["begin", "start", "commit", "end", "rollback", "abort"].iter().any(|k| w.eq_ignore_ascii_case(k))
+        });
+        if !control {
+            return false;
+        }
+        let text = text.to_string();
         let c = {
             let mut cache = self.ctx.classifier.lock().unwrap_or_else(|p| p.into_inner());
             cache.classify(&text, &self.ctx.config.routing.write_functions)

@@ -169,18 +169,14 @@ impl Session<'_> {
             match h.tag {
                 tag::QUERY => {
                     let text = body.strip_suffix(&[0]).unwrap_or(body);
-                    items.push(Item {
-                        text: String::from_utf8_lossy(text).into_owned(),
-                        bind: None,
-                        parse_only: false,
-                    });
+                    items.push(Item { text: text_of(text), bind: None, parse_only: false });
                     break;
                 }
                 tag::PARSE => {
                     if let Some((name, rest)) = cstr(body) {
                         if let Some((q, _)) = cstr(rest) {
-                            let name = String::from_utf8_lossy(name).into_owned();
-                            let text = String::from_utf8_lossy(q).into_owned();
+                            let name = text_of(name);
+                            let text = text_of(q);
                             items.push(Item { text: text.clone(), bind: None, parse_only: true });
                             parsed.retain(|(n, _)| *n != name);
                             parsed.push((name, text));
@@ -190,7 +186,7 @@ impl Session<'_> {
                 tag::BIND => {
                     let Some((_, rest)) = cstr(body) else { continue };
                     let Some((stmt, params)) = cstr(rest) else { continue };
-                    let stmt = String::from_utf8_lossy(stmt).into_owned();
+                    let stmt = text_of(stmt);
                     let text = match parsed.iter().find(|(n, _)| *n == stmt) {
                         Some((_, t)) => Some(t.clone()),
                         None => self
@@ -319,6 +315,13 @@ fn decide(
         ));
     }
     Ok(acc)
+}
+
+fn text_of(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    }
 }
 
 fn is_multi(d: &Decision) -> bool {

@@ -14,6 +14,7 @@ use super::route::{route_explained, Ask, Decision, RouteError, Used};
 use super::Layout;
 use crate::route::cache::hash_key;
 use crate::route::lexer::{normalize_into, tokenize, Token};
+use crate::route::skeleton::Skeleton;
 
 /// Shapes kept per session.
 pub const CAPACITY: usize = 64;
@@ -37,7 +38,12 @@ enum Plan {
 struct Entry {
     key: Box<[u8]>,
     plan: Plan,
+    /// To recognise the shape without tokenizing (see `route::skeleton`).
+    skeleton: Option<Skeleton>,
 }
+
+/// Shapes tried by skeleton before the text is tokenized.
+const RECENT: usize = 4;
 
 /// A bounded cache of routing plans (one per session: no locking).
 pub struct RouteCache {
@@ -45,6 +51,8 @@ pub struct RouteCache {
     key: Vec<u8>,
     /// Byte ranges of the literals of the text being routed.
     literals: Vec<(usize, usize)>,
+    /// Fingerprints of the shapes used last, newest first.
+    recent: Vec<u64>,
 }
 
 impl Default for RouteCache {
@@ -53,6 +61,7 @@ impl Default for RouteCache {
             entries: LruCache::new(NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN)),
             key: Vec::new(),
             literals: Vec::new(),
+            recent: Vec::with_capacity(RECENT),
         }
     }
 }
@@ -73,11 +82,35 @@ impl RouteCache {
         if ask.session_key.is_some() || sql.trim_start().starts_with("/*") || sql.trim_start().starts_with("--") {
             return super::route::route(layout, sql, ask);
         }
-        self.key.clear();
-        self.literals.clear();
-        normalize_into(sql, &mut self.key, &mut self.literals);
-        let fp = hash_key(&self.key);
-        if let Some(e) = self.entries.get(&fp).filter(|e| *e.key == *self.key) {
+        // A recent shape, recognised by its skeleton: no tokenizing.
+        let mut hit = None;
+        for &fp in &self.recent {
+            let matched = self
+                .entries
+                .peek(&fp)
+                .and_then(|e| e.skeleton.as_ref())
+                .is_some_and(|s| s.matches(sql, &mut self.literals));
+            if matched {
+                hit = Some(fp);
+                break;
+            }
+        }
+        let fp = match hit {
+            Some(fp) => fp,
+            None => {
+                self.key.clear();
+                self.literals.clear();
+                normalize_into(sql, &mut self.key, &mut self.literals);
+                hash_key(&self.key)
+            }
+        };
+        let found = self.entries.get(&fp).filter(|e| hit.is_some() || *e.key == *self.key);
+        if let Some(e) = found {
+            if self.recent.first() != Some(&fp) {
+                self.recent.retain(|&f| f != fp);
+                self.recent.insert(0, fp);
+                self.recent.truncate(RECENT);
+            }
             match &e.plan {
                 Plan::Fixed(d) => return Ok(d.clone()),
                 Plan::Literal { index, table } => {
@@ -97,11 +130,18 @@ impl RouteCache {
                 }
             }
         }
+        if hit.is_some() {
+            // Recognised by skeleton but not answerable from it: the key is needed to store.
+            self.key.clear();
+            self.literals.clear();
+            normalize_into(sql, &mut self.key, &mut self.literals);
+        }
         let (decision, used) = route_explained(layout, sql, ask);
         let decision = decision?;
         if self.key.len() <= MAX_KEY {
             if let Some(plan) = plan_of(&decision, &used, &self.literals) {
-                self.entries.put(fp, Entry { key: self.key.as_slice().into(), plan });
+                let skeleton = Skeleton::new(sql, &self.literals);
+                self.entries.put(fp, Entry { key: self.key.as_slice().into(), plan, skeleton });
             }
         }
         Ok(decision)
