@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Shard-router overhead: pgbench -S point selects through one PgWeir process, against a plain
-# database (one cluster) and against a database sharded by aid over two shards (two databases
-# on the same server, each holding the accounts hash partitioning gives it), same pool size
-# per cluster, interleaved runs on a throwaway cluster this script starts itself. Reports median
-# TPS (min..max) and the sharded/plain ratio, plus PgWeir's CPU seconds per 1,000 transactions.
+# Shard-router overhead: pgbench -S point selects through one PgWeir process, against
+#   plain    a database on one cluster (no sharding),
+#   routed   the same database and pool size through the shard router (one shard: every
+#            statement is parsed for its key and hashed, then runs where plain's would),
+#   sharded  a database sharded by aid over two shards (two databases on the same server, each
+#            holding the accounts hash partitioning gives it; a pool per shard),
+# interleaved runs on a throwaway cluster this script starts itself. Reports median TPS
+# (min..max), the ratios to plain, and PgWeir's CPU seconds per 1,000 transactions.
 #
 #   benches/shard.sh                      # defaults below
 #   RUNS=5 DURATION=20 CLIENTS="16 64" benches/shard.sh
@@ -77,6 +80,12 @@ primary = "postgres://postgres@127.0.0.1:$PG_PORT/shard0"
 primary = "postgres://postgres@127.0.0.1:$PG_PORT/shard1"
 [databases.plain]
 cluster = "main"
+[databases.routed]
+shards = ["main"]
+[[databases.routed.sharded]]
+table = "pgbench_accounts"
+key = "aid"
+type = "integer"
 [databases.sharded]
 shards = ["s0", "s1"]
 [[databases.sharded.sharded]]
@@ -93,7 +102,7 @@ TICKS=$(getconf CLK_TCK)
 declare -A TPS CPU
 for run in $(seq "$RUNS"); do
     for c in $CLIENTS; do
-        for db in plain sharded; do
+        for db in plain routed sharded; do
             before=$(cpu_ticks "$WEIR_PID")
             out=$("$PGBENCH" -n -S -c "$c" -j "$THREADS" -T "$DURATION" -h 127.0.0.1 -p "$WEIR_PORT" -U postgres "$db" 2>&1)
             tps=$(echo "$out" | awk '/^tps/ {print $3}')
@@ -112,10 +121,11 @@ median() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:]]
 med() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
 echo
 echo "pgbench -S through PgWeir, pool $POOL per cluster, $RUNS interleaved runs of ${DURATION}s, $THREADS pgbench threads, scale $SCALE"
-printf '%-8s %-28s %-28s %-14s %-22s\n' clients plain sharded "sharded/plain" "cpu s/1000tx plain/sharded"
+printf '%-8s %-26s %-26s %-26s %-13s %-14s %-28s\n' clients plain routed sharded "routed/plain" "sharded/plain" "cpu s/1000tx plain/routed/sharded"
 for c in $CLIENTS; do
-    p=$(median ${TPS[plain,$c]}); s=$(median ${TPS[sharded,$c]})
-    ratio=$(python3 -c "print(f'{$(med ${TPS[sharded,$c]})/$(med ${TPS[plain,$c]}):.3f}')")
-    cpu=$(python3 -c "print(f'{$(med ${CPU[plain,$c]}):.4f} / {$(med ${CPU[sharded,$c]}):.4f}')")
-    printf '%-8s %-28s %-28s %-14s %-22s\n' "$c" "$p" "$s" "$ratio" "$cpu"
+    p=$(median ${TPS[plain,$c]}); r=$(median ${TPS[routed,$c]}); s=$(median ${TPS[sharded,$c]})
+    rr=$(python3 -c "print(f'{$(med ${TPS[routed,$c]})/$(med ${TPS[plain,$c]}):.3f}')")
+    sr=$(python3 -c "print(f'{$(med ${TPS[sharded,$c]})/$(med ${TPS[plain,$c]}):.3f}')")
+    cpu=$(python3 -c "print(f'{$(med ${CPU[plain,$c]}):.4f} / {$(med ${CPU[routed,$c]}):.4f} / {$(med ${CPU[sharded,$c]}):.4f}')")
+    printf '%-8s %-26s %-26s %-26s %-13s %-14s %-28s\n' "$c" "$p" "$r" "$s" "$rr" "$sr" "$cpu"
 done

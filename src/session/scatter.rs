@@ -8,7 +8,6 @@
 //! Describe/Execute/Sync).
 
 use bytes::BytesMut;
-use futures_util::future::join_all;
 use tokio::io::AsyncWriteExt;
 
 use super::proto::{HIGH_WATER, MAX_SERVER_FRAME};
@@ -145,17 +144,11 @@ impl Session<'_> {
                 }
             })
             .collect::<Result<_, _>>()?;
-        let got = join_all(pools.iter().map(|p| p.checkout())).await;
-        let mut legs = Vec::with_capacity(got.len());
-        let mut failed = None;
-        for g in got {
-            match g {
-                Ok(s) => legs.push(s),
-                Err(e) => failed = Some(e.to_pg()),
-            }
-        }
-        if let Some(e) = failed {
-            return Err(e);
+        // One at a time, in target order: two sessions each holding one shard's last server
+        // while waiting for the other's can never happen (every session waits in one order).
+        let mut legs = Vec::with_capacity(pools.len());
+        for p in &pools {
+            legs.push(p.checkout().await.map_err(|e| e.to_pg())?);
         }
         for server in legs.iter_mut() {
             if let Some((sql, next)) = self.params.sync_sql(&server.params, &server.applied) {

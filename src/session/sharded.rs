@@ -63,6 +63,15 @@ struct Item {
     parse_only: bool,
 }
 
+/// The text of the simple Query at the front of `buf` (valid UTF-8), if that is what it is.
+fn simple_query(buf: &[u8]) -> Option<&str> {
+    let h = FrameHead::parse(buf, usize::MAX).ok()??;
+    if h.tag != tag::QUERY || buf.len() < h.total || h.total < 6 {
+        return None;
+    }
+    std::str::from_utf8(&buf[5..h.total - 1]).ok()
+}
+
 /// Is a whole request (up to Sync, Query, FunctionCall or Flush) at the front of `buf`?
 fn request_complete(buf: &[u8]) -> bool {
     let mut at = 0;
@@ -94,12 +103,34 @@ impl Session<'_> {
                 Ok(_) => {}
             }
         }
-        let items = self.request_items();
-        self.proto.shard_skip = items.iter().filter(|i| !i.parse_only).count();
         let Some(shards) = self.login.shards.as_ref() else { return ShardStep::Go };
         let layout = shards.layout.clone();
         let cache = self.proto.route_cache.get_or_insert_with(RouteCache::default);
-        let decision = match decide(&layout, &items, shards.session_key.as_deref(), cache) {
+        // A simple Query is routed straight from the buffer; anything else item by item.
+        let (decision, items) = match simple_query(&self.client.rbuf) {
+            Some(text) => {
+                self.proto.shard_skip = 1;
+                let ask = Ask { params: None, session_key: shards.session_key.as_deref() };
+                let d = cache.route(&layout, text, ask);
+                let multi = d.as_ref().is_ok_and(is_multi);
+                (
+                    d,
+                    if multi {
+                        vec![Item { text: text.to_owned(), bind: None, parse_only: false }]
+                    } else {
+                        Vec::new()
+                    },
+                )
+            }
+            None => {
+                let items = self.request_items();
+                self.proto.shard_skip = items.iter().filter(|i| !i.parse_only).count();
+                let Some(shards) = self.login.shards.as_ref() else { return ShardStep::Go };
+                let cache = self.proto.route_cache.get_or_insert_with(RouteCache::default);
+                (decide(&layout, &items, shards.session_key.as_deref(), cache), items)
+            }
+        };
+        let decision = match decision {
             Ok(d) => d,
             Err(e) => {
                 self.refuse_request(e.to_pg());
