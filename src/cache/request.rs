@@ -67,10 +67,18 @@ fn frame_at(buf: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
 
 /// Reads the request at the front of `buf` (complete messages only).
 pub fn parse(buf: &[u8]) -> Result<Request<'_>, NotCacheable> {
+    match parse_with_limit(buf)? {
+        (r, 0) => Ok(r),
+        _ => Err(NotCacheable::RowLimit),
+    }
+}
+
+/// [`parse`], also for an Execute with a row limit (returned with the request; 0: none).
+pub fn parse_with_limit(buf: &[u8]) -> Result<(Request<'_>, u32), NotCacheable> {
     let (t, body, len) = frame_at(buf, 0).ok_or(NotCacheable::Shape)?;
     if t == tag::QUERY {
         let text = body.strip_suffix(&[0]).ok_or(NotCacheable::Shape)?;
-        return Ok(Request { shape: Shape::Simple, text: Some(text), statement: "", types: &[], bind: &[], len });
+        return Ok((Request { shape: Shape::Simple, text: Some(text), statement: "", types: &[], bind: &[], len }, 0));
     }
     let mut at = 0;
     let mut text = None;
@@ -110,22 +118,23 @@ pub fn parse(buf: &[u8]) -> Result<Request<'_>, NotCacheable> {
     if t != tag::EXECUTE || body.len() != 5 || body[0] != 0 {
         return Err(NotCacheable::Shape);
     }
-    if body[1..] != [0, 0, 0, 0] {
-        return Err(NotCacheable::RowLimit);
-    }
+    let max_rows = u32::from_be_bytes([body[1], body[2], body[3], body[4]]);
     at += len;
     let (t, _, len) = frame_at(buf, at).ok_or(NotCacheable::Shape)?;
     if t != tag::SYNC {
         return Err(NotCacheable::Shape);
     }
-    Ok(Request {
-        shape: Shape::Extended { parse: text.is_some(), describe },
-        text,
-        statement,
-        types,
-        bind,
-        len: at + len,
-    })
+    Ok((
+        Request {
+            shape: Shape::Extended { parse: text.is_some(), describe },
+            text,
+            statement,
+            types,
+            bind,
+            len: at + len,
+        },
+        max_rows,
+    ))
 }
 
 /// A stored result: the RowDescription frame (when the response had one) and the DataRow

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use super::proto::HIGH_WATER;
 use super::proto::MAX_SERVER_FRAME;
 use super::relay::Session;
-use super::scatter::{describe, lost, put_preamble, Req};
+use super::scatter::{describe, lost, put_preamble, Req, RowCap};
 use crate::pool::Pooled;
 use crate::shard::merge::Final;
 use crate::shard::order::{compare, SortKey};
@@ -119,7 +119,8 @@ impl Session<'_> {
         };
         put_preamble(&mut self.client.wbuf, req.shape, Some(&description));
         let (skip, take) = f.bounds();
-        let sent = self.k_way(legs, &keys, skip, take, &mut error).await?;
+        let mut cap = req.cap;
+        self.k_way(legs, &keys, skip, take, &mut cap, &mut error).await?;
         for leg in legs.iter_mut() {
             Self::drain(leg, |t, body| {
                 if t == tag::ERROR_RESPONSE {
@@ -130,7 +131,7 @@ impl Session<'_> {
         }
         match error {
             Some(e) => put_frame(&mut self.client.wbuf, tag::ERROR_RESPONSE, &e),
-            None => put_frame(&mut self.client.wbuf, b'C', format!("SELECT {sent}\0").as_bytes()),
+            None => cap.end(&mut self.client.wbuf),
         }
         Ok(())
     }
@@ -142,8 +143,9 @@ impl Session<'_> {
         keys: &[SortKey],
         skip: u64,
         take: Option<u64>,
+        cap: &mut RowCap,
         error: &mut Option<BytesMut>,
-    ) -> Result<u64, PgError> {
+    ) -> Result<(), PgError> {
         let mut heads: Vec<Option<BytesMut>> = Vec::with_capacity(legs.len());
         for leg in legs.iter_mut() {
             heads.push(match next_row(leg, error).await? {
@@ -172,8 +174,12 @@ impl Session<'_> {
             if let Some(row) = heads[b].take() {
                 seen += 1;
                 if seen > skip {
-                    put_frame(&mut self.client.wbuf, tag::DATA_ROW, &row);
                     sent += 1;
+                    if !cap.admit() {
+                        // The Execute's row limit is reached and a row is left: suspended.
+                        break;
+                    }
+                    put_frame(&mut self.client.wbuf, tag::DATA_ROW, &row);
                 }
             }
             if self.client.wbuf.len() >= HIGH_WATER {
@@ -184,6 +190,6 @@ impl Session<'_> {
                 Next::Done => None,
             };
         }
-        Ok(sent)
+        Ok(())
     }
 }

@@ -101,6 +101,9 @@ pub struct Proto {
     /// with an injected Sync, the server released, and the Bind (still in the client's buffer)
     /// routed on its own.
     pub(super) reroute: bool,
+    /// A deferred BEGIN was kept back from this server (it only described statements): the
+    /// first statement to execute is routed on its own, with the BEGIN in front.
+    pub begin_pending: bool,
 }
 
 impl Proto {
@@ -137,6 +140,7 @@ impl Proto {
             shard_skip: 0,
             route_cache: None,
             reroute: false,
+            begin_pending: false,
         }
     }
 
@@ -165,6 +169,7 @@ impl Proto {
         self.server_fatal = false;
         self.last_bound = None;
         self.reroute = false;
+        self.begin_pending = false;
     }
 
     /// Neither side is in the middle of anything.
@@ -207,7 +212,8 @@ impl Proto {
                     if h.tag == tag::TERMINATE {
                         return Ok(None);
                     }
-                    if h.tag == tag::BIND && self.belongs_elsewhere(&rbuf[5..h.total]) {
+                    let held_begin = self.begin_pending && matches!(h.tag, tag::QUERY | tag::BIND);
+                    if held_begin || (h.tag == tag::BIND && self.belongs_elsewhere(&rbuf[5..h.total])) {
                         // Left in the client's buffer for the next routing decision.
                         self.to_server.extend_from_slice(&[tag::SYNC, 0, 0, 0, 4]);
                         self.plan.injected(Unit::Sync);
@@ -503,8 +509,9 @@ impl Proto {
             self.shard_skip -= 1;
             return None;
         }
+        let in_block = self.plan.status != b'I' || self.state.pins.any();
         let cache = self.route_cache.get_or_insert_with(Default::default);
-        check.check(cache, text, bind)
+        check.check(cache, text, bind, in_block)
     }
 
     /// A Bind of a named statement, between transactions, in a batch continued after a Flush,

@@ -53,6 +53,8 @@ pub(super) struct Session<'a> {
     retried: bool,
     /// A BEGIN answered by the proxy, to send ahead of the transaction's first statement.
     pub(super) deferred_begin: Option<String>,
+    /// The request being routed only prepares and describes statements (sharded databases).
+    pub(super) parse_only: bool,
 }
 
 impl Drop for Session<'_> {
@@ -106,6 +108,7 @@ impl<'a> Session<'a> {
             retry_primary: false,
             retried: false,
             deferred_begin: None,
+            parse_only: false,
         }
     }
 
@@ -164,7 +167,13 @@ impl<'a> Session<'a> {
                             // A replay would lose the BEGIN sent ahead of it: no retry then.
                             self.arm_retry(m, retrying || deferred);
                         }
-                        self.send_deferred_begin();
+                        if self.parse_only && self.deferred_begin.is_some() {
+                            // Only statements are described: the transaction starts with the
+                            // first one that runs, wherever it is routed.
+                            self.proto.begin_pending = true;
+                        } else {
+                            self.send_deferred_begin();
+                        }
                     }
                     Idle::Terminate | Idle::Gone => return,
                     Idle::Bad(e) => return self.client.fatal(e).await,

@@ -29,6 +29,39 @@ pub(super) struct Req {
     /// The Bind's result formats section (count + codes).
     results: Vec<u8>,
     len: usize,
+    /// The Execute's row limit.
+    pub cap: RowCap,
+}
+
+/// An Execute's row limit, emulated over a merged result: rows past it are dropped and the
+/// result ends with PortalSuspended instead of CommandComplete (the Sync that follows closes
+/// the portal, as the client expects).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct RowCap {
+    max: Option<u64>,
+    sent: u64,
+    more: bool,
+}
+
+impl RowCap {
+    /// May another row go to the client?
+    pub fn admit(&mut self) -> bool {
+        if self.max.is_some_and(|m| self.sent >= m) {
+            self.more = true;
+            return false;
+        }
+        self.sent += 1;
+        true
+    }
+
+    /// The end of the result: PortalSuspended when rows were held back, else `SELECT n`.
+    pub fn end(&self, out: &mut BytesMut) {
+        if self.more {
+            put_frame(out, b's', &[]);
+        } else {
+            put_frame(out, b'C', format!("SELECT {}\0", self.sent).as_bytes());
+        }
+    }
 }
 
 pub(super) fn lost(e: impl std::fmt::Display) -> PgError {
@@ -103,7 +136,7 @@ impl Session<'_> {
     /// The request at the front of the buffer in the one shape a scatter can run.
     fn scatter_request(&self) -> Result<Req, PgError> {
         let refuse = |m: &str| PgError::error(SqlState::FEATURE_NOT_SUPPORTED, format!("pgweir: {m}"));
-        let req = match request::parse(&self.client.rbuf) {
+        let (req, max_rows) = match request::parse_with_limit(&self.client.rbuf) {
             Ok(r) => r,
             Err(request::NotCacheable::RowLimit) => return Err(refuse("Execute with a row limit cannot span shards")),
             Err(request::NotCacheable::Shape) => {
@@ -121,7 +154,8 @@ impl Session<'_> {
             Shape::Simple => (&[0u8, 0, 0, 0][..], &[0u8, 0][..]),
             _ => bind_parts(req.bind).ok_or_else(|| refuse("malformed Bind"))?,
         };
-        Ok(Req { shape: req.shape, types, params: params.to_vec(), results: results.to_vec(), len: req.len })
+        let cap = RowCap { max: (max_rows > 0).then_some(max_rows as u64), sent: 0, more: false };
+        Ok(Req { shape: req.shape, types, params: params.to_vec(), results: results.to_vec(), len: req.len, cap })
     }
 
     /// Servers on `targets`, with the session's settings applied; `read`: a replica of each
@@ -263,6 +297,7 @@ impl Session<'_> {
 
     async fn concat(&mut self, legs: &mut [Pooled], req: &Req, skip: u64, take: Option<u64>) -> Result<(), PgError> {
         let (mut seen, mut sent) = (0u64, 0u64);
+        let mut cap = req.cap;
         let mut error: Option<BytesMut> = None;
         let mut started = false;
         for (i, leg) in legs.iter_mut().enumerate() {
@@ -284,8 +319,10 @@ impl Session<'_> {
                     tag::DATA_ROW if error.is_none() && started => {
                         seen += 1;
                         if seen > skip && take.is_none_or(|t| sent < t) {
-                            put_frame(&mut self.client.wbuf, tag::DATA_ROW, &body);
                             sent += 1;
+                            if cap.admit() {
+                                put_frame(&mut self.client.wbuf, tag::DATA_ROW, &body);
+                            }
                         }
                         if self.client.wbuf.len() >= HIGH_WATER {
                             self.client.flush().await.map_err(lost)?;
@@ -297,7 +334,7 @@ impl Session<'_> {
         }
         match error {
             Some(e) => put_frame(&mut self.client.wbuf, tag::ERROR_RESPONSE, &e),
-            None => put_frame(&mut self.client.wbuf, b'C', format!("SELECT {sent}\0").as_bytes()),
+            None => cap.end(&mut self.client.wbuf),
         }
         Ok(())
     }
@@ -390,10 +427,12 @@ impl Session<'_> {
             put_frame(&mut self.client.wbuf, tag::ERROR_RESPONSE, e);
             return Ok(());
         }
+        let mut cap = req.cap;
         for (t, body) in frames {
             match t {
                 b'T' => put_preamble(&mut self.client.wbuf, req.shape, Some(&body)),
-                tag::DATA_ROW | b'C' => put_frame(&mut self.client.wbuf, t, &body),
+                tag::DATA_ROW if cap.admit() => put_frame(&mut self.client.wbuf, t, &body),
+                b'C' => cap.end(&mut self.client.wbuf),
                 _ => {}
             }
         }

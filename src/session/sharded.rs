@@ -110,6 +110,7 @@ impl Session<'_> {
         let (decision, items) = match simple_query(&self.client.rbuf) {
             Some(text) => {
                 self.proto.shard_skip = 1;
+                self.parse_only = false;
                 let ask = Ask { params: None, session_key: shards.session_key.as_deref() };
                 let d = cache.route(&layout, text, ask);
                 let multi = d.as_ref().is_ok_and(is_multi);
@@ -125,6 +126,7 @@ impl Session<'_> {
             None => {
                 let items = self.request_items();
                 self.proto.shard_skip = items.iter().filter(|i| !i.parse_only).count();
+                self.parse_only = !items.is_empty() && items.iter().all(|i| i.parse_only);
                 let Some(shards) = self.login.shards.as_ref() else { return ShardStep::Go };
                 let cache = self.proto.route_cache.get_or_insert_with(RouteCache::default);
                 (decide(&layout, &items, shards.session_key.as_deref(), cache), items)
@@ -252,18 +254,19 @@ pub struct ShardCheck {
 }
 
 impl ShardCheck {
-    /// Does this bound statement route to one target other than the current one?
+    /// Does this bound statement belong on another target, or on several?
     pub fn elsewhere(&self, cache: &mut RouteCache, text: &str, bind: &[u8]) -> bool {
         let item = Item { text: text.to_string(), bind: Some(bind.to_vec()), parse_only: false };
-        matches!(
-            decide(&self.layout, std::slice::from_ref(&item), self.session_key.as_deref(), cache),
-            Ok(Decision::One(t)) if t != self.current
-        )
+        match decide(&self.layout, std::slice::from_ref(&item), self.session_key.as_deref(), cache) {
+            Ok(Decision::One(t)) => t != self.current,
+            Ok(d) => is_multi(&d),
+            Err(_) => false,
+        }
     }
 
     /// Refuses a statement meant for another target. `bind`: the Bind's parameters (after
     /// its names), None for a Query.
-    pub fn check(&self, cache: &mut RouteCache, text: &str, bind: Option<&[u8]>) -> Option<PgError> {
+    pub fn check(&self, cache: &mut RouteCache, text: &str, bind: Option<&[u8]>, in_block: bool) -> Option<PgError> {
         let item = Item { text: text.to_string(), bind: bind.map(<[u8]>::to_vec), parse_only: false };
         let d = match decide(&self.layout, std::slice::from_ref(&item), self.session_key.as_deref(), cache) {
             Ok(d) => d,
@@ -273,7 +276,14 @@ impl ShardCheck {
         match d {
             Decision::Any => None,
             Decision::One(t) if t == self.current => None,
-            Decision::One(t) => Some(cross_transaction(&name(self.current), &name(t))),
+            Decision::One(t) if in_block => Some(cross_transaction(&name(self.current), &name(t))),
+            Decision::One(_) | Decision::Scatter(_) | Decision::Split(_) | Decision::CopyIn(_) if !in_block => Some(PgError::error(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "pgweir: this statement belongs on another shard than the one its batch started on (\"{}\"): use a named statement, or end the batch with Sync before it",
+                    name(self.current)
+                ),
+            )),
             Decision::Scatter(_) => Some(PgError::error(
                 SqlState::FEATURE_NOT_SUPPORTED,
                 format!(
@@ -282,6 +292,7 @@ impl ShardCheck {
                 ),
             )),
             Decision::Split(_) | Decision::CopyIn(_) => Some(cross_shard_write()),
+            Decision::One(_) => None,
         }
     }
 }

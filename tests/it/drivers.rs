@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::harness::pg::{PgCluster, PgOptions};
 use crate::support::start_proxy;
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let p = std::env::var_os("PGWEIR_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python"));

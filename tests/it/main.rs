@@ -8,7 +8,7 @@ mod support;
 mod auth;
 mod cache;
 mod cli;
-mod drivers;
+pub(crate) mod drivers;
 mod pooling;
 mod prepared;
 mod protocol;

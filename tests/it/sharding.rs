@@ -517,3 +517,26 @@ async fn a_bind_after_parse_describe_flush_runs_on_its_keys_shard() {
     let want: Vec<Option<String>> = ["111", "222", "222", "111"].iter().map(|s| Some(s.to_string())).collect();
     assert_eq!(values, want);
 }
+
+#[test]
+fn python_drivers_route_by_key() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pg = rt.block_on(shard_cluster());
+    let proxy = rt.block_on(crate::support::start_proxy(&pg, &shard_toml(&pg)));
+    let addr = proxy.local_addr();
+    rt.block_on(async {
+        let c = crate::support::connect(addr, "postgres", None, "app").await;
+        let rows: Vec<String> = (1..=300i64).map(|id| format!("({id}, {}, {})", id % 7, id * 37 % 1000)).collect();
+        c.batch_execute(&format!("INSERT INTO items (id, grp, v) VALUES {}", rows.join(", "))).await.unwrap();
+    });
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/drivers/sharded.py");
+    let out = std::process::Command::new(crate::drivers::python())
+        .arg(&script)
+        .args(["127.0.0.1", &addr.port().to_string(), "postgres", "app", "300"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("ok sharded 300"), "{text}");
+    drop(proxy);
+    drop(rt);
+}
