@@ -114,12 +114,15 @@ impl Proxy {
             addrs_metrics = Some(local);
             let m = ctx.clone();
             let render: crate::metrics::http::Render = Arc::new(move || {
-                if let Some(c) = &m.cache {
-                    c.metrics.l1_bytes.set(c.store().l1_bytes() as i64);
-                }
+                scrape(&m);
                 m.metrics.render()
             });
-            tasks.spawn(crate::metrics::http::serve(listener, render, stop_rx.clone()));
+            let r = ctx.clone();
+            let ready: crate::metrics::http::Ready = Arc::new(move || {
+                let r = r.clone();
+                Box::pin(async move { primaries_reachable(&r).await })
+            });
+            tasks.spawn(crate::metrics::http::serve(listener, render, ready, stop_rx.clone()));
         }
         tasks.spawn(maintain(ctx.clone(), stop_rx));
         Ok(Proxy { addrs, metrics_addr: addrs_metrics, stop, tasks, ctx })
@@ -257,4 +260,50 @@ async fn maintain(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
             tracing::debug!(dropped, "forgot unused pools");
         }
     }
+}
+
+/// Gauges read from pools and topologies when `/metrics` is scraped.
+fn scrape(ctx: &Context) {
+    let m = &ctx.metrics.proxy;
+    if let Some(c) = &ctx.cache {
+        c.metrics.l1_bytes.set(c.store().l1_bytes() as i64);
+    }
+    m.server_connections.reset();
+    for pool in ctx.pools.all() {
+        let s = pool.status();
+        let idle = s.available as i64;
+        m.server_connections.with_label_values(&[&pool.name, "idle"]).set(idle);
+        m.server_connections.with_label_values(&[&pool.name, "active"]).set(s.size as i64 - idle);
+    }
+    for (name, top) in &ctx.topologies {
+        let primary = top.primary_lsn.load(std::sync::atomic::Ordering::Relaxed);
+        for (i, r) in top.replicas.iter().enumerate() {
+            let replay = r.replay_lsn.load(std::sync::atomic::Ordering::Relaxed);
+            let label = i.to_string();
+            m.replica_lag_bytes.with_label_values(&[name, &label]).set(primary.saturating_sub(replay) as i64);
+            let healthy = r.healthy.load(std::sync::atomic::Ordering::Relaxed);
+            m.replica_healthy.with_label_values(&[name, &label]).set(i64::from(healthy));
+        }
+    }
+}
+
+/// Ready when every cluster's primary can be reached: by the monitor's view where a cluster is
+/// monitored, else by opening a TCP connection to it (1 s at most).
+async fn primaries_reachable(ctx: &Context) -> bool {
+    for (name, cluster) in &ctx.config.clusters {
+        let up = match ctx.topologies.get(name) {
+            Some(top) => !top.primary_down.load(std::sync::atomic::Ordering::Relaxed),
+            None => {
+                let addr = cluster.primary.addr();
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await,
+                    Ok(Ok(_))
+                )
+            }
+        };
+        if !up {
+            return false;
+        }
+    }
+    true
 }

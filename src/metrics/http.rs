@@ -1,6 +1,7 @@
-//! A minimal HTTP/1.1 endpoint for scrapers: `GET /metrics` (Prometheus text format) and
-//! `GET /healthz`. One request per connection; anything else gets 404 or 405. It must never
-//! block the proxy: each connection is its own task with a read deadline.
+//! A minimal HTTP/1.1 endpoint for scrapers and orchestrators: `GET /metrics` (Prometheus text
+//! format), `GET /healthz` (the process answers) and `GET /readyz` (200 only while every
+//! cluster's primary is reachable, else 503). One request per connection; anything else gets
+//! 404 or 405. It must never block the proxy: each connection is its own task with a deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,10 @@ use tokio::sync::watch;
 
 /// What the endpoint renders.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+/// Whether the proxy can serve (checked per `/readyz` request).
+pub type Ready = Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync>;
 
-pub async fn serve(listener: TcpListener, render: Render, mut stop: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, render: Render, ready: Ready, mut stop: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -22,14 +25,14 @@ pub async fn serve(listener: TcpListener, render: Render, mut stop: watch::Recei
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let render = render.clone();
+        let (render, ready) = (render.clone(), ready.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), answer(tcp, render)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer(tcp, render, ready)).await;
         });
     }
 }
 
-async fn answer(mut tcp: TcpStream, render: Render) -> std::io::Result<()> {
+async fn answer(mut tcp: TcpStream, render: Render, ready: Ready) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
@@ -46,6 +49,10 @@ async fn answer(mut tcp: TcpStream, render: Render) -> std::io::Result<()> {
     let (status, ctype, body) = match (method, path) {
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render()),
         ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_string()),
+        ("GET", "/readyz") => match ready().await {
+            true => ("200 OK", "text/plain; charset=utf-8", "ready\n".to_string()),
+            false => ("503 Service Unavailable", "text/plain; charset=utf-8", "no primary reachable\n".to_string()),
+        },
         ("GET", _) => ("404 Not Found", "text/plain; charset=utf-8", "not found\n".to_string()),
         _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "method not allowed\n".to_string()),
     };

@@ -3,6 +3,7 @@
 //! HTTP endpoint that exposes them (`http`).
 
 pub mod http;
+pub mod proxy;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -93,13 +94,15 @@ impl CacheMetrics {
 pub struct Metrics {
     pub registry: Registry,
     pub cache: CacheMetrics,
+    pub proxy: proxy::ProxyMetrics,
 }
 
 impl Metrics {
     pub fn new(cache_rules: &[String]) -> Metrics {
         let registry = Registry::new();
         let cache = CacheMetrics::new(&registry, cache_rules);
-        Metrics { registry, cache }
+        let proxy = proxy::ProxyMetrics::new(&registry);
+        Metrics { registry, cache, proxy }
     }
 
     /// The text exposition of every metric.

@@ -103,10 +103,18 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
         Ok(Some(x)) => x,
     };
     let login = match tokio::time::timeout_at(deadline, handshake::login(&ctx, &mut client, startup)).await {
-        Err(_) => return client.fatal(too_slow()).await,
-        Ok(Err(err)) => return client.fatal(err).await,
+        Err(_) => {
+            ctx.metrics.proxy.login_failures.inc();
+            return client.fatal(too_slow()).await;
+        }
+        Ok(Err(err)) => {
+            ctx.metrics.proxy.login_failures.inc();
+            ctx.metrics.proxy.error(Some(err.code.0));
+            return client.fatal(err).await;
+        }
         Ok(Ok(login)) => login,
     };
+    ctx.metrics.proxy.logins.inc();
     let guard = ctx.cancels.register();
     let mut session = relay::Session::new(&ctx, client, login, guard);
     session.run().await;

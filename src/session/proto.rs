@@ -104,6 +104,10 @@ pub struct Proto {
     /// A deferred BEGIN was kept back from this server (it only described statements): the
     /// first statement to execute is routed on its own, with the BEGIN in front.
     pub begin_pending: bool,
+    /// Statements (Query, Execute, FunctionCall) sent since the server was attached.
+    pub queries: u64,
+    /// For errors by SQLSTATE class.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Proto {
@@ -141,6 +145,8 @@ impl Proto {
             route_cache: None,
             reroute: false,
             begin_pending: false,
+            queries: 0,
+            metrics: None,
         }
     }
 
@@ -263,6 +269,9 @@ impl Proto {
             return;
         }
         let body = &frame[5.min(frame.len())..];
+        if matches!(t, tag::QUERY | tag::EXECUTE | tag::FUNCTION_CALL) {
+            self.queries += 1;
+        }
         self.note_writes(t, body);
         let forward = |me: &mut Proto, unit: Option<Unit>| {
             if let Some(u) = unit {
@@ -428,6 +437,9 @@ impl Proto {
                         }
                         tag::ERROR_RESPONSE => {
                             let f = ErrorFields::parse(body);
+                            if let Some(m) = &self.metrics {
+                                m.proxy.error(f.code.as_deref());
+                            }
                             if f.is_fatal() && self.rewrite {
                                 // The server is going away; the session answers the client.
                                 self.held_fatal = Some(f.to_string());

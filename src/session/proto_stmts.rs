@@ -165,6 +165,9 @@ impl Proto {
     /// The proxy answers the current message with an error; the server never sees the rest of
     /// the batch up to Sync (as if it had failed there).
     pub(super) fn refuse(&mut self, e: PgError) {
+        if let Some(m) = &self.metrics {
+            m.proxy.error(Some(e.code.0));
+        }
         let mut b = BytesMut::new();
         e.encode(&mut b);
         self.plan.synthetic(b.freeze());

@@ -184,6 +184,7 @@ impl super::relay::Session<'_> {
             if pinned != self.counted_pin {
                 if pinned {
                     self.login.pool.pin();
+                    self.ctx.metrics.proxy.pinned(&p.state.pins.reasons());
                     tracing::debug!(pool = %self.login.pool.name, reasons = ?p.state.pins.reasons(), "client pinned");
                 } else {
                     self.login.pool.unpin();

@@ -18,6 +18,7 @@ use super::stmts::ClientStatements;
 use super::welcome::{Welcome, WelcomeKey};
 use super::{ClientConn, Context, Login};
 use crate::config::PoolMode;
+use crate::metrics::proxy::{ClientState, RouteLabel};
 use crate::pool::{discard, Pooled, ServerPool};
 use crate::server::ClientFacing;
 use crate::wire::backend::{put_backend_key_data, put_parameter_status, put_ready_for_query};
@@ -55,10 +56,15 @@ pub(super) struct Session<'a> {
     pub(super) deferred_begin: Option<String>,
     /// The request being routed only prepares and describes statements (sharded databases).
     pub(super) parse_only: bool,
+    /// For `pgweir_client_connections` (None until logged in).
+    state: Option<ClientState>,
+    /// When the attached server was checked out.
+    attached_at: std::time::Instant,
 }
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
+        self.set_state(None);
         if self.counted_pin {
             self.login.pool.unpin();
         }
@@ -94,6 +100,7 @@ impl<'a> Session<'a> {
             proto: {
                 let mut p = Proto::new(cfg.max_message_size, rewrite, stmts);
                 p.cache = ctx.cache.clone();
+                p.metrics = Some(ctx.metrics.clone());
                 p
             },
             cflush: false,
@@ -109,6 +116,8 @@ impl<'a> Session<'a> {
             retried: false,
             deferred_begin: None,
             parse_only: false,
+            state: None,
+            attached_at: std::time::Instant::now(),
         }
     }
 
@@ -118,10 +127,12 @@ impl<'a> Session<'a> {
             let _ = self.client.flush().await;
             return;
         }
+        self.set_state(Some(if self.server.is_some() { ClientState::Active } else { ClientState::Idle }));
         loop {
             if self.server.is_none() {
                 match poll_fn(|cx| self.poll_idle(cx)).await {
                     Idle::Request => {
+                        let started = std::time::Instant::now();
                         if self.answer_proxy_statement() || self.defer_begin() {
                             continue;
                         }
@@ -133,7 +144,10 @@ impl<'a> Session<'a> {
                             }
                         }
                         let fill = match self.cache_request().await {
-                            CacheStep::Answered => continue,
+                            CacheStep::Answered => {
+                                self.ctx.metrics.proxy.answered(RouteLabel::Cache, started.elapsed().as_secs_f64());
+                                continue;
+                            }
                             CacheStep::Fill(f) => Some(*f),
                             CacheStep::Pass => None,
                         };
@@ -185,6 +199,7 @@ impl<'a> Session<'a> {
                 Attached::Invalidate => self.invalidate_due().await,
                 Attached::ClientGone | Attached::Terminate => return self.finish_server().await,
                 Attached::Retry(cause) => {
+                    self.set_state(Some(ClientState::Idle));
                     let member = self.member;
                     self.detach_member();
                     if let Some(s) = self.server.take() {
@@ -206,6 +221,7 @@ impl<'a> Session<'a> {
                     tracing::debug!(?cause, "running a read again elsewhere");
                 }
                 Attached::ServerGone => {
+                    self.set_state(Some(ClientState::Idle));
                     self.settle_writes_later();
                     self.proto.cstate.fill = None;
                     let member = self.member;
@@ -319,6 +335,7 @@ impl<'a> Session<'a> {
 
     fn attach(&mut self, mut server: Pooled, pool: Arc<ServerPool>, member: Member) {
         self.proto.attach(server.status);
+        self.attached_at = std::time::Instant::now();
         self.proto.on_replica = matches!(member, Member::Replica(_));
         self.sflush = false;
         self.count_outstanding(member, 1);
@@ -336,9 +353,24 @@ impl<'a> Session<'a> {
         self.server = Some(server);
     }
 
+    /// For `pgweir_client_connections`.
+    pub(super) fn set_state(&mut self, to: Option<ClientState>) {
+        if self.state != to {
+            self.ctx.metrics.proxy.client(self.state, to);
+            self.state = to;
+        }
+    }
+
     /// Checks a server out for the request at the front of the client's buffer (or gives up
     /// when the client cancels or the wait times out) and brings its settings in line.
-    async fn acquire(&mut self, mut member: Member) -> Result<(), PgError> {
+    async fn acquire(&mut self, member: Member) -> Result<(), PgError> {
+        self.set_state(Some(ClientState::Waiting));
+        let r = self.acquire_member(member).await;
+        self.set_state(Some(if r.is_ok() { ClientState::Active } else { ClientState::Idle }));
+        r
+    }
+
+    async fn acquire_member(&mut self, mut member: Member) -> Result<(), PgError> {
         let slot = self.cancel.slot.clone();
         let (mut server, pool) = loop {
             let primary_now =
@@ -353,6 +385,8 @@ impl<'a> Session<'a> {
                     ))
                 }
             };
+            let waited = pool.status().available == 0;
+            let wait_start = std::time::Instant::now();
             let got = {
                 let notified = slot.queued.notified();
                 tokio::pin!(notified);
@@ -362,6 +396,11 @@ impl<'a> Session<'a> {
                     _ = notified => return Err(PgError::error(SqlState::QUERY_CANCELED, "canceling statement due to user request")),
                 }
             };
+            let m = &self.ctx.metrics.proxy;
+            m.pool_wait_seconds.observe(wait_start.elapsed().as_secs_f64());
+            if waited {
+                m.pool_waits.inc();
+            }
             match (got, member) {
                 (Ok(s), _) => break (s, pool),
                 // A replica that cannot be reached: take it out of rotation at once (the monitor
@@ -431,6 +470,11 @@ impl<'a> Session<'a> {
         if self.member == Some(Member::Primary) && self.proto.wrote {
             self.record_write_position().await;
         }
+        let route =
+            if matches!(self.member, Some(Member::Replica(_))) { RouteLabel::Replica } else { RouteLabel::Primary };
+        let queries = std::mem::take(&mut self.proto.queries);
+        self.ctx.metrics.proxy.released(route, self.attached_at.elapsed().as_secs_f64(), queries);
+        self.set_state(Some(ClientState::Idle));
         self.proto.wrote = false;
         let tainted = self.cancel.slot.detach().await;
         self.detach_member();
@@ -500,6 +544,7 @@ impl<'a> Session<'a> {
     /// request's messages are then dropped up to its end (Query, FunctionCall or Sync), which
     /// gets the ReadyForQuery, so the client's next request starts clean.
     pub(super) fn refuse_request(&mut self, err: PgError) {
+        self.ctx.metrics.proxy.error(Some(err.code.0));
         err.encode(&mut self.client.wbuf);
         self.skip_to_sync = true;
     }

@@ -154,6 +154,7 @@ impl Session<'_> {
     pub(super) fn ban_replica(&self, i: usize, why: &str) {
         if let Some(top) = self.login.topology.as_ref() {
             let ban = top.ban(i);
+            self.ctx.metrics.proxy.replica_bans.inc();
             tracing::warn!(cluster = %top.cluster, replica = i, error = why, ?ban, "replica failed; reads go elsewhere");
         }
     }

@@ -149,14 +149,23 @@ impl Session<'_> {
                 self.use_target(t);
                 ShardStep::Go
             }
-            Decision::Scatter(targets) => {
-                let Some(item) = items.into_iter().next() else { return ShardStep::Go };
-                self.scatter(&targets, &item.text).await
-            }
-            Decision::Split(parts) => self.split_write(parts).await,
-            Decision::CopyIn(plan) => {
-                let Some(item) = items.into_iter().next() else { return ShardStep::Go };
-                self.copy_split(plan, &item.text).await
+            multi => {
+                let started = std::time::Instant::now();
+                let step = match multi {
+                    Decision::Scatter(targets) => {
+                        let Some(item) = items.into_iter().next() else { return ShardStep::Go };
+                        self.scatter(&targets, &item.text).await
+                    }
+                    Decision::Split(parts) => self.split_write(parts).await,
+                    Decision::CopyIn(plan) => {
+                        let Some(item) = items.into_iter().next() else { return ShardStep::Go };
+                        self.copy_split(plan, &item.text).await
+                    }
+                    Decision::Any | Decision::One(_) => return ShardStep::Go,
+                };
+                let m = &self.ctx.metrics.proxy;
+                m.answered(crate::metrics::proxy::RouteLabel::Shard, started.elapsed().as_secs_f64());
+                step
             }
         }
     }

@@ -9,6 +9,7 @@ mod auth;
 mod cache;
 mod cli;
 pub(crate) mod drivers;
+mod metrics;
 mod pooling;
 mod prepared;
 mod protocol;
