@@ -256,6 +256,8 @@ pub struct Config {
     pub auth: AuthMethod,
     pub startup_timeout: Duration,
     pub max_message_size: usize,
+    /// Users who may connect to the admin console (database `pgweir`).
+    pub admin_users: Vec<String>,
     pub client_tls: ClientTls,
     pub pool: PoolSettings,
     pub prepared: PreparedSettings,

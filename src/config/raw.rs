@@ -90,6 +90,9 @@ pub struct RawProxy {
     pub auth: Option<Spanned<String>>,
     pub startup_timeout: Option<Spanned<DurationValue>>,
     pub max_message_size: Option<usize>,
+    /// Users allowed on the admin console (virtual database `pgweir`).
+    #[serde(default)]
+    pub admin_users: Vec<String>,
 }
 
 /// `listen = "addr"` or `listen = ["addr", ...]`.

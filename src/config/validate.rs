@@ -396,6 +396,7 @@ impl Validator<'_> {
             auth,
             startup_timeout,
             max_message_size,
+            admin_users: raw.proxy.admin_users.clone(),
             client_tls,
             pool,
             prepared,

@@ -88,6 +88,9 @@ pub struct ServerPool {
     /// Clients pinned to a server of this pool, and how many may be.
     pinned: std::sync::atomic::AtomicUsize,
     pub max_pinned: usize,
+    /// Clients of this pool holding a server, and waiting for one (SHOW POOLS).
+    pub clients_active: std::sync::atomic::AtomicI64,
+    pub clients_waiting: std::sync::atomic::AtomicI64,
 }
 
 /// Statements found stale ("cached plan must not change result type"), by epoch, so every
@@ -125,6 +128,8 @@ impl ServerPool {
             pool,
             stale: Mutex::default(),
             pinned: Default::default(),
+            clients_active: Default::default(),
+            clients_waiting: Default::default(),
             max_pinned: (size / 2).max(1),
         }
     }

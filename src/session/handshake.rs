@@ -121,7 +121,13 @@ fn is_settings_key(k: &str) -> bool {
 }
 
 /// Checks the startup parameters, authenticates, and picks the pool.
-pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMessage) -> Result<Login, PgError> {
+/// Where a login goes: a session through the pools, or the admin console.
+pub(super) enum Entry {
+    Session(Box<Login>),
+    Admin(String),
+}
+
+pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMessage) -> Result<Entry, PgError> {
     let user = match msg.get("user") {
         Some(u) if !u.is_empty() => u.to_string(),
         _ => {
@@ -154,6 +160,9 @@ pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMe
     }
 
     let outcome = super::auth::authenticate(ctx, client, &user).await?;
+    if database == super::admin::ADMIN_DB {
+        return Ok(Entry::Admin(user));
+    }
 
     let route = ctx.config.databases.get(&database);
     let cluster_name = route.map(|r| r.cluster.clone()).unwrap_or_else(|| ctx.config.default_cluster.clone());
@@ -179,7 +188,7 @@ pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMe
         }
         None => (None, target_pools(ctx, &base, &cluster_name, false)?),
     };
-    Ok(Login {
+    Ok(Entry::Session(Box::new(Login {
         user,
         database,
         cache_db: home.cache_db,
@@ -189,7 +198,7 @@ pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMe
         mode,
         settings,
         shards,
-    })
+    })))
 }
 
 /// What every pool of one login shares.

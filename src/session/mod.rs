@@ -4,6 +4,7 @@
 //! transaction and gives it back when ReadyForQuery says idle (`relay`). Cancel keys live in
 //! `cancel`. A session never outlives its client and never leaves state on a pooled server.
 
+pub mod admin;
 pub mod auth;
 mod cached;
 pub mod cancel;
@@ -112,7 +113,8 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
             ctx.metrics.proxy.error(Some(err.code.0));
             return client.fatal(err).await;
         }
-        Ok(Ok(login)) => login,
+        Ok(Ok(handshake::Entry::Admin(user))) => return admin::serve(&ctx, client, user).await,
+        Ok(Ok(handshake::Entry::Session(login))) => *login,
     };
     ctx.metrics.proxy.logins.inc();
     let guard = ctx.cancels.register();

@@ -56,8 +56,10 @@ pub(super) struct Session<'a> {
     pub(super) deferred_begin: Option<String>,
     /// The request being routed only prepares and describes statements (sharded databases).
     pub(super) parse_only: bool,
-    /// For `pgweir_client_connections` (None until logged in).
+    /// For `pgweir_client_connections` (None until logged in), and the pool it is counted in
+    /// (SHOW POOLS).
     state: Option<ClientState>,
+    state_pool: Option<Arc<ServerPool>>,
     /// When the attached server was checked out.
     attached_at: std::time::Instant,
 }
@@ -117,6 +119,7 @@ impl<'a> Session<'a> {
             deferred_begin: None,
             parse_only: false,
             state: None,
+            state_pool: None,
             attached_at: std::time::Instant::now(),
         }
     }
@@ -355,9 +358,25 @@ impl<'a> Session<'a> {
 
     /// For `pgweir_client_connections`.
     pub(super) fn set_state(&mut self, to: Option<ClientState>) {
-        if self.state != to {
-            self.ctx.metrics.proxy.client(self.state, to);
-            self.state = to;
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.state == to {
+            return;
+        }
+        fn counter(p: &ServerPool, s: ClientState) -> &std::sync::atomic::AtomicI64 {
+            match s {
+                ClientState::Waiting => &p.clients_waiting,
+                ClientState::Idle | ClientState::Active => &p.clients_active,
+            }
+        }
+        if let (Some(s), Some(p)) = (self.state, self.state_pool.take()) {
+            counter(&p, s).fetch_sub(1, Relaxed);
+        }
+        self.ctx.metrics.proxy.client(self.state, to);
+        self.state = to;
+        if let Some(s) = to {
+            let p = self.login.pool.clone();
+            counter(&p, s).fetch_add(1, Relaxed);
+            self.state_pool = Some(p);
         }
     }
 

@@ -5,6 +5,7 @@ mod harness;
 mod raw;
 mod support;
 
+mod admin;
 mod auth;
 mod cache;
 mod cli;

@@ -1,0 +1,335 @@
+//! The admin console: the virtual database `pgweir`, open to `proxy.admin_users` only, answering
+//! simple-protocol commands from psql or a pgbouncer exporter. SHOW commands use PgBouncer's
+//! column names and types where the concept is the same: SHOW HELP, VERSION, CONFIG, DATABASES,
+//! POOLS, and PgWeir's own SHOW REPLICAS.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio::io::AsyncReadExt;
+
+use super::{ClientConn, Context};
+use crate::wire::backend::{put_backend_key_data, put_parameter_status, put_ready_for_query};
+use crate::wire::frame::{put_frame, FrameHead};
+use crate::wire::{tag, PgError, SqlState};
+
+/// The console's database name.
+pub const ADMIN_DB: &str = "pgweir";
+
+const TEXT: u32 = 25;
+const INT8: u32 = 20;
+
+/// A result: columns (name, type OID) and rows of text values.
+struct Table {
+    cols: Vec<(&'static str, u32)>,
+    rows: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    fn new(cols: &[(&'static str, u32)]) -> Table {
+        Table { cols: cols.to_vec(), rows: Vec::new() }
+    }
+
+    fn row(&mut self, values: Vec<String>) {
+        self.rows.push(values.into_iter().map(Some).collect());
+    }
+
+    fn encode(&self, out: &mut bytes::BytesMut, tag_text: &str) {
+        let mut d = Vec::new();
+        d.extend_from_slice(&(self.cols.len() as i16).to_be_bytes());
+        for (name, oid) in &self.cols {
+            d.extend_from_slice(name.as_bytes());
+            d.push(0);
+            d.extend_from_slice(&0i32.to_be_bytes());
+            d.extend_from_slice(&0i16.to_be_bytes());
+            d.extend_from_slice(&oid.to_be_bytes());
+            d.extend_from_slice(&(if *oid == INT8 { 8i16 } else { -1i16 }).to_be_bytes());
+            d.extend_from_slice(&(-1i32).to_be_bytes());
+            d.extend_from_slice(&0i16.to_be_bytes());
+        }
+        put_frame(out, b'T', &d);
+        for r in &self.rows {
+            let mut b = Vec::new();
+            b.extend_from_slice(&(r.len() as i16).to_be_bytes());
+            for v in r {
+                match v {
+                    Some(v) => {
+                        b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                        b.extend_from_slice(v.as_bytes());
+                    }
+                    None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                }
+            }
+            put_frame(out, tag::DATA_ROW, &b);
+        }
+        put_frame(out, b'C', format!("{tag_text}\0").as_bytes());
+    }
+}
+
+fn error(m: impl Into<String>) -> PgError {
+    PgError::error(SqlState("42601"), m.into()).with_hint("SHOW HELP lists the commands")
+}
+
+/// Serves one admin connection (already authenticated as `user`) to the end.
+pub(super) async fn serve(ctx: &Context, mut client: ClientConn, user: String) {
+    if !ctx.config.admin_users.contains(&user) {
+        let e = PgError::fatal(SqlState("42501"), format!("pgweir: user \"{user}\" may not use the admin console"))
+            .with_hint("list it in proxy.admin_users");
+        return client.fatal(e).await;
+    }
+    for (k, v) in [
+        ("server_version", "15.0 (PgWeir)"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("application_name", ""),
+    ] {
+        put_parameter_status(&mut client.wbuf, k, v);
+    }
+    put_backend_key_data(&mut client.wbuf, 0, 0);
+    put_ready_for_query(&mut client.wbuf, b'I');
+    if client.flush().await.is_err() {
+        return;
+    }
+    loop {
+        let h = match FrameHead::parse(&client.rbuf, 1 << 20) {
+            Ok(Some(h)) if client.rbuf.len() >= h.total => h,
+            Ok(_) => match client.stream.read_buf(&mut client.rbuf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+            Err(e) => return client.fatal(PgError::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string())).await,
+        };
+        let frame = client.rbuf.split_to(h.total);
+        match h.tag {
+            tag::TERMINATE => return,
+            tag::QUERY => {
+                let body = &frame[5..];
+                let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned();
+                match command(ctx, &text) {
+                    Ok(Some((t, tag_text))) => t.encode(&mut client.wbuf, &tag_text),
+                    Ok(None) => put_frame(&mut client.wbuf, b'I', &[]),
+                    Err(e) => e.encode(&mut client.wbuf),
+                }
+                put_ready_for_query(&mut client.wbuf, b'I');
+            }
+            tag::SYNC => {
+                error("the admin console speaks the simple query protocol only").encode(&mut client.wbuf);
+                put_ready_for_query(&mut client.wbuf, b'I');
+            }
+            _ => {}
+        }
+        if client.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One command's result (None: an empty query).
+fn command(ctx: &Context, text: &str) -> Result<Option<(Table, String)>, PgError> {
+    let words: Vec<String> =
+        text.trim().trim_end_matches(';').split_whitespace().map(|w| w.to_ascii_uppercase()).collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let show = |t: Table| Ok(Some((t, "SHOW".to_string())));
+    match words.as_slice() {
+        [] => Ok(None),
+        ["SHOW", "HELP"] => {
+            let mut t = Table::new(&[("command", TEXT)]);
+            for c in ["SHOW HELP", "SHOW VERSION", "SHOW CONFIG", "SHOW DATABASES", "SHOW POOLS", "SHOW REPLICAS"] {
+                t.row(vec![c.to_string()]);
+            }
+            show(t)
+        }
+        ["SHOW", "VERSION"] => {
+            let mut t = Table::new(&[("version", TEXT)]);
+            t.row(vec![format!("PgWeir {}", env!("CARGO_PKG_VERSION"))]);
+            show(t)
+        }
+        ["SHOW", "CONFIG"] => show(config(ctx)),
+        ["SHOW", "DATABASES"] => show(databases(ctx)),
+        ["SHOW", "POOLS"] => show(pools(ctx)),
+        ["SHOW", "REPLICAS"] => show(replicas(ctx)),
+        _ => Err(error(format!("pgweir admin: unknown command \"{}\"", text.trim()))),
+    }
+}
+
+fn mode(m: crate::config::PoolMode) -> String {
+    match m {
+        crate::config::PoolMode::Session => "session".into(),
+        crate::config::PoolMode::Transaction => "transaction".into(),
+    }
+}
+
+fn config(ctx: &Context) -> Table {
+    let c = &ctx.config;
+    let mut t = Table::new(&[("key", TEXT), ("value", TEXT), ("default", TEXT), ("changeable", TEXT)]);
+    let listen: Vec<String> = c.listen.iter().map(|a| a.to_string()).collect();
+    let rows: Vec<(&str, String, &str)> = vec![
+        ("listen", listen.join(","), "127.0.0.1:6432"),
+        ("auth", format!("{:?}", c.auth).to_ascii_lowercase(), "scramsha256"),
+        ("pool_mode", mode(c.pool.mode), "transaction"),
+        ("default_pool_size", c.pool.size.to_string(), "20"),
+        ("min_pool_size", c.pool.min_idle.to_string(), "0"),
+        ("max_client_conn", c.pool.max_client_connections.to_string(), "10000"),
+        ("query_wait_timeout", c.pool.wait_timeout.as_secs().to_string(), "120"),
+        ("server_idle_timeout", c.pool.idle_timeout.as_secs().to_string(), "600"),
+        ("server_lifetime", c.pool.lifetime.as_secs().to_string(), "3600"),
+        ("server_connect_timeout", c.pool.connect_timeout.as_secs().to_string(), "5"),
+        ("max_prepared_statements", c.prepared.server_cache_size.to_string(), "256"),
+        ("max_message_size", c.max_message_size.to_string(), "1073741824"),
+        ("admin_users", c.admin_users.join(","), ""),
+    ];
+    for (k, v, d) in rows {
+        t.row(vec![k.to_string(), v, d.to_string(), "no".to_string()]);
+    }
+    t
+}
+
+fn databases(ctx: &Context) -> Table {
+    let c = &ctx.config;
+    let mut t = Table::new(&[
+        ("name", TEXT),
+        ("host", TEXT),
+        ("port", INT8),
+        ("database", TEXT),
+        ("force_user", TEXT),
+        ("pool_size", INT8),
+        ("min_pool_size", INT8),
+        ("reserve_pool", INT8),
+        ("pool_mode", TEXT),
+        ("max_connections", INT8),
+        ("current_connections", INT8),
+        ("paused", INT8),
+        ("disabled", INT8),
+    ]);
+    let current = |db: &str| -> usize {
+        ctx.pools
+            .all()
+            .iter()
+            .filter(|p| {
+                p.name
+                    .split('/')
+                    .next()
+                    .is_some_and(|k| k == db || k.starts_with(&format!("{db}#")) || k.starts_with(&format!("{db}@")))
+            })
+            .map(|p| p.status().size)
+            .sum()
+    };
+    let mut names: Vec<(String, crate::config::Database)> =
+        c.databases.iter().map(|(n, d)| (n.clone(), d.clone())).collect();
+    // Every other name goes to the default cluster under its own name.
+    let other = crate::config::Database {
+        cluster: c.default_cluster.clone(),
+        dbname: None,
+        pool_size: None,
+        pool_mode: None,
+        layout: None,
+    };
+    names.push(("*".into(), other));
+    for (name, d) in names {
+        let (dbname, size, pool_mode) = (d.dbname, d.pool_size, d.pool_mode);
+        let Some(cl) = c.cluster(&d.cluster) else { continue };
+        t.row(vec![
+            name.clone(),
+            cl.primary.host.clone(),
+            cl.primary.port.to_string(),
+            dbname.or(cl.primary.dbname.clone()).unwrap_or_else(|| name.clone()),
+            String::new(),
+            size.unwrap_or(c.pool.size).to_string(),
+            c.pool.min_idle.to_string(),
+            "0".into(),
+            mode(pool_mode.unwrap_or(c.pool.mode)),
+            "0".into(),
+            current(&name).to_string(),
+            "0".into(),
+            "0".into(),
+        ]);
+    }
+    t
+}
+
+fn pools(ctx: &Context) -> Table {
+    let mut t = Table::new(&[
+        ("database", TEXT),
+        ("user", TEXT),
+        ("cl_active", INT8),
+        ("cl_waiting", INT8),
+        ("cl_active_cancel_req", INT8),
+        ("cl_waiting_cancel_req", INT8),
+        ("sv_active", INT8),
+        ("sv_active_cancel", INT8),
+        ("sv_being_canceled", INT8),
+        ("sv_idle", INT8),
+        ("sv_used", INT8),
+        ("sv_tested", INT8),
+        ("sv_login", INT8),
+        ("maxwait", INT8),
+        ("maxwait_us", INT8),
+        ("pool_mode", TEXT),
+    ]);
+    let mut pools = ctx.pools.all();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    for p in pools {
+        let (db, user) = p.name.rsplit_once('/').unwrap_or((&p.name, ""));
+        let s = p.status();
+        let idle = s.available;
+        let z = || "0".to_string();
+        t.row(vec![
+            db.to_string(),
+            user.to_string(),
+            p.clients_active.load(Relaxed).max(0).to_string(),
+            p.clients_waiting.load(Relaxed).max(0).to_string(),
+            z(),
+            z(),
+            s.size.saturating_sub(idle).to_string(),
+            z(),
+            z(),
+            idle.to_string(),
+            z(),
+            z(),
+            z(),
+            z(),
+            z(),
+            mode(p.mode),
+        ]);
+    }
+    t
+}
+
+fn replicas(ctx: &Context) -> Table {
+    let mut t = Table::new(&[
+        ("cluster", TEXT),
+        ("replica", INT8),
+        ("host", TEXT),
+        ("port", INT8),
+        ("healthy", TEXT),
+        ("replay_lsn", TEXT),
+        ("lag_bytes", INT8),
+        ("lag_ms", INT8),
+        ("outstanding", INT8),
+    ]);
+    let mut names: Vec<&String> = ctx.topologies.keys().collect();
+    names.sort();
+    for name in names {
+        let top = &ctx.topologies[name];
+        let Some(cluster) = ctx.config.cluster(name) else { continue };
+        let primary = top.primary_lsn.load(Relaxed);
+        for (i, r) in top.replicas.iter().enumerate() {
+            let ep = cluster.replicas.get(i);
+            let replay = r.replay_lsn.load(Relaxed);
+            t.row(vec![
+                name.clone(),
+                i.to_string(),
+                ep.map(|e| e.host.clone()).unwrap_or_default(),
+                ep.map(|e| e.port.to_string()).unwrap_or_default(),
+                if r.healthy.load(Relaxed) { "yes" } else { "no" }.to_string(),
+                crate::pool::topology::format_lsn(replay),
+                primary.saturating_sub(replay).to_string(),
+                r.lag_ms.load(Relaxed).to_string(),
+                r.outstanding.load(Relaxed).to_string(),
+            ]);
+        }
+    }
+    t
+}

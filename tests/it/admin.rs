@@ -1,0 +1,114 @@
+//! The admin console through psql: who may use it, each SHOW command's columns (PgBouncer's
+//! names where the concept matches), and SHOW POOLS following a client that holds a server.
+
+use std::process::Command;
+
+use crate::harness::pg::{PgCluster, PgOptions};
+use crate::support::{connect, start_proxy};
+
+/// psql's unaligned output with the header line: (exit ok, stdout, stderr).
+fn psql(pg: &PgCluster, port: u16, user: &str, sql: &str) -> (bool, String, String) {
+    let out = Command::new(pg.bin("psql"))
+        .args(["-X", "-A", "-q", "-F", "|", "-P", "footer=off", "-v", "ON_ERROR_STOP=1"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "-d", "pgweir", "-c", sql])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn columns(out: &str) -> Vec<String> {
+    out.lines().next().unwrap_or("").split('|').map(str::to_string).collect()
+}
+
+/// The rows as maps from column name to value.
+fn rows(out: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let cols = columns(out);
+    out.lines().skip(1).map(|l| cols.iter().cloned().zip(l.split('|').map(str::to_string)).collect()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_console_answers_show_commands_for_admins_only() {
+    let pg = PgCluster::start(PgOptions::default());
+    let toml = "[proxy]\nauth = \"trust\"\nadmin_users = [\"postgres\"]\n[pool]\nsize = 3\n";
+    let proxy = start_proxy(&pg, toml).await;
+    let port = proxy.local_addr().port();
+
+    let expect: &[(&str, &[&str])] = &[
+        ("SHOW VERSION", &["version"]),
+        ("SHOW CONFIG", &["key", "value", "default", "changeable"]),
+        (
+            "SHOW DATABASES",
+            &[
+                "name",
+                "host",
+                "port",
+                "database",
+                "force_user",
+                "pool_size",
+                "min_pool_size",
+                "reserve_pool",
+                "pool_mode",
+                "max_connections",
+                "current_connections",
+                "paused",
+                "disabled",
+            ],
+        ),
+        (
+            "SHOW POOLS",
+            &[
+                "database",
+                "user",
+                "cl_active",
+                "cl_waiting",
+                "cl_active_cancel_req",
+                "cl_waiting_cancel_req",
+                "sv_active",
+                "sv_active_cancel",
+                "sv_being_canceled",
+                "sv_idle",
+                "sv_used",
+                "sv_tested",
+                "sv_login",
+                "maxwait",
+                "maxwait_us",
+                "pool_mode",
+            ],
+        ),
+        (
+            "SHOW REPLICAS",
+            &["cluster", "replica", "host", "port", "healthy", "replay_lsn", "lag_bytes", "lag_ms", "outstanding"],
+        ),
+        ("show help;", &["command"]),
+    ];
+    for (cmd, cols) in expect {
+        let pg = &pg;
+        let (ok, out, err) = tokio::task::block_in_place(|| psql(pg, port, "postgres", cmd));
+        assert!(ok, "{cmd}: {err}");
+        assert_eq!(columns(&out), *cols, "{cmd}");
+    }
+    let (_, out, _) = tokio::task::block_in_place(|| psql(&pg, port, "postgres", "SHOW VERSION"));
+    assert!(out.contains("PgWeir "), "{out}");
+
+    // A client holding a server shows in SHOW POOLS.
+    let c = connect(proxy.local_addr(), "app", None, "postgres").await;
+    c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let (_, out, _) = tokio::task::block_in_place(|| psql(&pg, port, "postgres", "SHOW POOLS"));
+    let row = rows(&out).into_iter().find(|r| r["database"] == "postgres" && r["user"] == "app").expect("app's pool");
+    assert_eq!((row["cl_active"].as_str(), row["sv_active"].as_str()), ("1", "1"), "{out}");
+    assert_eq!(row["pool_mode"], "transaction");
+    c.batch_execute("COMMIT").await.unwrap();
+    let (_, out, _) = tokio::task::block_in_place(|| psql(&pg, port, "postgres", "SHOW POOLS"));
+    let row = rows(&out).into_iter().find(|r| r["database"] == "postgres" && r["user"] == "app").expect("app's pool");
+    assert_eq!((row["sv_active"].as_str(), row["sv_idle"].as_str()), ("0", "1"), "{out}");
+
+    // Mistakes and strangers.
+    let (ok, _, err) = tokio::task::block_in_place(|| psql(&pg, port, "postgres", "SHOW NONSENSE"));
+    assert!(!ok && err.contains("unknown command"), "{err}");
+    let (ok, _, err) = tokio::task::block_in_place(|| psql(&pg, port, "app", "SHOW POOLS"));
+    assert!(!ok && err.contains("may not use the admin console"), "{err}");
+}
