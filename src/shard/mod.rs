@@ -6,9 +6,11 @@
 
 pub mod cache;
 pub mod copy;
+pub mod finish;
 pub mod hash;
 pub mod merge;
 pub mod order;
+pub mod params;
 pub mod route;
 pub mod value;
 

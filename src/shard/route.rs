@@ -20,6 +20,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use thiserror::Error;
 
+pub use super::params::Params;
 use super::{KeyValue, Layout, Placement};
 use crate::wire::{PgError, SqlState};
 
@@ -67,63 +68,6 @@ impl RouteError {
 
     pub fn to_pg(&self) -> PgError {
         PgError::error(self.sqlstate(), self.to_string())
-    }
-}
-
-/// Parameters of the Bind being routed (absent for a simple Query).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Params<'a> {
-    formats: Vec<i16>,
-    values: Vec<Option<&'a [u8]>>,
-}
-
-impl<'a> Params<'a> {
-    /// Reads a Bind body after its portal and statement names. None: malformed.
-    pub fn parse(b: &'a [u8]) -> Option<Params<'a>> {
-        let mut at = 0;
-        let i16_at = |at: &mut usize| -> Option<i16> {
-            let v = i16::from_be_bytes(b.get(*at..*at + 2)?.try_into().ok()?);
-            *at += 2;
-            Some(v)
-        };
-        let nf = i16_at(&mut at)?.max(0) as usize;
-        let mut formats = Vec::with_capacity(nf);
-        for _ in 0..nf {
-            formats.push(i16_at(&mut at)?);
-        }
-        let np = i16_at(&mut at)?.max(0) as usize;
-        let mut values = Vec::with_capacity(np);
-        for _ in 0..np {
-            let len = i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?);
-            at += 4;
-            if len < 0 {
-                values.push(None);
-            } else {
-                values.push(Some(b.get(at..at + len as usize)?));
-                at += len as usize;
-            }
-        }
-        Some(Params { formats, values })
-    }
-
-    pub(crate) fn key(&self, n: usize, ty: super::KeyType) -> Result<Option<KeyValue>, RouteError> {
-        let i = n.checked_sub(1).filter(|&i| i < self.values.len());
-        let Some(i) = i else {
-            return Err(RouteError::BadKey(format!("there is no parameter ${n}")));
-        };
-        let binary = match self.formats.as_slice() {
-            [] => false,
-            [one] => *one == 1,
-            many => many.get(i) == Some(&1),
-        };
-        match self.values[i] {
-            None => Ok(None),
-            Some(v) if binary => ty.from_binary(v).map(Some).map_err(RouteError::BadKey),
-            Some(v) => {
-                let s = std::str::from_utf8(v).map_err(|_| RouteError::BadKey("parameter is not UTF-8".into()))?;
-                ty.from_text(s).map(Some).map_err(RouteError::BadKey)
-            }
-        }
     }
 }
 
@@ -274,7 +218,7 @@ impl Router<'_> {
             Statement::Copy { source: sqlparser::ast::CopySource::Table { table_name, .. }, .. } => Some(table_name),
             _ => None,
         };
-        let _ = visit_relations(st, |rel: &ObjectName| {
+        let mut note = |rel: &ObjectName| {
             let (schema, table) = split_name(rel);
             match layout.place(schema.as_deref(), &table) {
                 Placement::Sharded(i) => {
@@ -285,20 +229,14 @@ impl Router<'_> {
                 }
                 Placement::Everywhere => everywhere = true,
             }
+        };
+        let _ = visit_relations(st, |rel: &ObjectName| {
+            note(rel);
             ControlFlow::<()>::Continue(())
         });
         // COPY's table is not a relation to the visitor.
         if let Some(name) = copied {
-            let (schema, table) = split_name(name);
-            match layout.place(schema.as_deref(), &table) {
-                Placement::Sharded(i) => {
-                    sharded.insert(i);
-                }
-                Placement::On(t) => {
-                    fixed.insert(t);
-                }
-                Placement::Everywhere => everywhere = true,
-            }
+            note(name);
         }
         let name = |t: usize| layout.targets[t].clone();
         if fixed.len() > 1 {
@@ -619,7 +557,7 @@ impl Router<'_> {
         if set.len() <= 1 {
             return Ok((set, None));
         }
-        if self.params.is_some_and(|p| !p.values.is_empty()) {
+        if self.params.is_some_and(|p| !p.is_empty()) {
             return Err(RouteError::Unsupported(
                 "a multi-row INSERT with parameters whose rows belong to different shards: send one statement per row or per shard".into(),
             ));

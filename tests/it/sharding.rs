@@ -294,21 +294,9 @@ async fn scatter_reads_merge_to_what_one_database_answers() {
     assert_eq!(row.get::<_, i64>(0), want.get::<_, i64>(0));
     assert_eq!(row.get::<_, i64>(1), want.get::<_, i64>(1));
     assert_eq!(row.get::<_, String>(2), want.get::<_, String>(2));
-    let ids: Vec<i64> = c
-        .query("SELECT id FROM items WHERE name LIKE $1 ORDER BY id DESC LIMIT 4", &[&"Zed%"])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let want: Vec<i64> = whole
-        .query("SELECT id FROM items WHERE name LIKE $1 ORDER BY id DESC LIMIT 4", &[&"Zed%"])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(ids, want);
+    let ids = |rows: Vec<tokio_postgres::Row>| -> Vec<i64> { rows.iter().map(|r| r.get(0)).collect() };
+    let q = "SELECT id FROM items WHERE name LIKE $1 ORDER BY id DESC LIMIT 4";
+    assert_eq!(ids(c.query(q, &[&"Zed%"]).await.unwrap()), ids(whole.query(q, &[&"Zed%"]).await.unwrap()));
     // What cannot be merged says so, and the session goes on.
     let e = c.simple_query("SELECT DISTINCT grp FROM items").await.unwrap_err();
     assert_eq!(crate::support::sqlstate(&e), "0A000");
