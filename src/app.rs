@@ -77,6 +77,7 @@ impl Proxy {
             cache,
             metrics,
             topologies,
+            control: Default::default(),
             classifier: std::sync::Mutex::new(crate::route::classify::ClassifyCache::new(CLASSIFY_CACHE)),
             auth: AuthSource::new(&config),
             config: config.clone(),

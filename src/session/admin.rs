@@ -1,7 +1,8 @@
 //! The admin console: the virtual database `pgweir`, open to `proxy.admin_users` only, answering
 //! simple-protocol commands from psql or a pgbouncer exporter. SHOW commands use PgBouncer's
 //! column names and types where the concept is the same: SHOW HELP, VERSION, CONFIG, DATABASES,
-//! POOLS, and PgWeir's own SHOW REPLICAS.
+//! POOLS, CLIENTS, and PgWeir's own SHOW REPLICAS; PAUSE [db] and RESUME [db] hold new
+//! transactions back; KILL id (SHOW CLIENTS' id) or KILL db closes clients.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -34,6 +35,10 @@ impl Table {
     }
 
     fn encode(&self, out: &mut bytes::BytesMut, tag_text: &str) {
+        if self.cols.is_empty() {
+            put_frame(out, b'C', format!("{tag_text}\0").as_bytes());
+            return;
+        }
         let mut d = Vec::new();
         d.extend_from_slice(&(self.cols.len() as i16).to_be_bytes());
         for (name, oid) in &self.cols {
@@ -136,7 +141,18 @@ fn command(ctx: &Context, text: &str) -> Result<Option<(Table, String)>, PgError
         [] => Ok(None),
         ["SHOW", "HELP"] => {
             let mut t = Table::new(&[("command", TEXT)]);
-            for c in ["SHOW HELP", "SHOW VERSION", "SHOW CONFIG", "SHOW DATABASES", "SHOW POOLS", "SHOW REPLICAS"] {
+            for c in [
+                "SHOW HELP",
+                "SHOW VERSION",
+                "SHOW CONFIG",
+                "SHOW DATABASES",
+                "SHOW POOLS",
+                "SHOW CLIENTS",
+                "SHOW REPLICAS",
+                "PAUSE [db]",
+                "RESUME [db]",
+                "KILL id|db",
+            ] {
                 t.row(vec![c.to_string()]);
             }
             show(t)
@@ -150,8 +166,107 @@ fn command(ctx: &Context, text: &str) -> Result<Option<(Table, String)>, PgError
         ["SHOW", "DATABASES"] => show(databases(ctx)),
         ["SHOW", "POOLS"] => show(pools(ctx)),
         ["SHOW", "REPLICAS"] => show(replicas(ctx)),
+        ["SHOW", "CLIENTS"] => show(clients(ctx)),
+        ["PAUSE"] | ["PAUSE", _] | ["RESUME"] | ["RESUME", _] | ["KILL", _] => {
+            // Database names keep their case: take them from the text.
+            let arg =
+                text.trim().trim_end_matches(';').split_whitespace().nth(1).map(|a| a.trim_matches('"').to_string());
+            let verb = words[0];
+            Ok(Some((Table::new(&[]), control(ctx, verb, arg.as_deref())?)))
+        }
         _ => Err(error(format!("pgweir admin: unknown command \"{}\"", text.trim()))),
     }
+}
+
+/// PAUSE, RESUME and KILL: the CommandComplete tag.
+fn control(ctx: &Context, verb: &str, arg: Option<&str>) -> Result<String, PgError> {
+    match verb {
+        "PAUSE" => {
+            ctx.control.pause(arg);
+            Ok("PAUSE".into())
+        }
+        "RESUME" => {
+            ctx.control.resume(arg);
+            Ok("RESUME".into())
+        }
+        _ => {
+            let Some(arg) = arg else { return Err(error("KILL needs a client id (SHOW CLIENTS) or a database")) };
+            let by_id = arg.parse::<i32>().ok();
+            let mut killed = 0;
+            for (id, slot) in ctx.cancels.clients() {
+                let info = slot.info.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(info) = info.as_ref() else { continue };
+                let hit = match by_id {
+                    Some(want) => id == want,
+                    None => info.database == arg,
+                };
+                if hit && info.kill() {
+                    killed += 1;
+                }
+            }
+            if killed == 0 {
+                return Err(PgError::error(SqlState("42704"), format!("pgweir admin: no client matches \"{arg}\"")));
+            }
+            Ok("KILL".into())
+        }
+    }
+}
+
+fn clients(ctx: &Context) -> Table {
+    let mut t = Table::new(&[
+        ("type", TEXT),
+        ("user", TEXT),
+        ("database", TEXT),
+        ("state", TEXT),
+        ("addr", TEXT),
+        ("port", INT8),
+        ("local_addr", TEXT),
+        ("local_port", INT8),
+        ("connect_time", TEXT),
+        ("request_time", TEXT),
+        ("wait", INT8),
+        ("wait_us", INT8),
+        ("close_needed", INT8),
+        ("ptr", TEXT),
+        ("link", TEXT),
+        ("remote_pid", INT8),
+        ("tls", TEXT),
+        ("application_name", TEXT),
+        ("id", INT8),
+    ]);
+    for (id, slot) in ctx.cancels.clients() {
+        let info = slot.info.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(i) = info.as_ref() else { continue };
+        let state = match slot.state.load(Relaxed) {
+            1 => "waiting",
+            2 => "active",
+            _ => "idle",
+        };
+        let since = i.connected.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let connect_time = format!("{since}");
+        t.row(vec![
+            "C".into(),
+            i.user.clone(),
+            i.database.clone(),
+            state.into(),
+            i.peer.ip().to_string(),
+            i.peer.port().to_string(),
+            i.local.map(|a| a.ip().to_string()).unwrap_or_default(),
+            i.local.map(|a| a.port().to_string()).unwrap_or_else(|| "0".into()),
+            connect_time.clone(),
+            connect_time,
+            "0".into(),
+            "0".into(),
+            "0".into(),
+            format!("{id:x}"),
+            String::new(),
+            id.to_string(),
+            if i.tls { "TLS" } else { "" }.into(),
+            i.application_name.clone(),
+            id.to_string(),
+        ]);
+    }
+    t
 }
 
 fn mode(m: crate::config::PoolMode) -> String {

@@ -23,6 +23,10 @@ pub struct CancelSlot {
     inflight: RwLock<()>,
     /// A forwarded cancel failed or timed out: it may still reach the server later.
     failed: AtomicBool,
+    /// The client's facts for SHOW CLIENTS and KILL (set once logged in).
+    pub info: Mutex<Option<super::control::ClientInfo>>,
+    /// 0 idle, 1 waiting, 2 active (SHOW CLIENTS).
+    pub state: std::sync::atomic::AtomicU8,
 }
 
 impl CancelSlot {
@@ -76,6 +80,14 @@ impl Drop for CancelGuard<'_> {
 }
 
 impl CancelRegistry {
+    /// Every live client: its id (the BackendKeyData pid) and slot.
+    pub fn clients(&self) -> Vec<(i32, Arc<CancelSlot>)> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<(i32, Arc<CancelSlot>)> = map.iter().map(|(pid, (_, s))| (*pid, s.clone())).collect();
+        v.sort_by_key(|(pid, _)| *pid);
+        v
+    }
+
     /// Issues a fresh key: a positive pid unique among live clients and a random secret.
     pub fn register(&self) -> CancelGuard<'_> {
         let mut rng = rand::rng();

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 mod cached;
 pub mod cancel;
+pub mod control;
 mod copy_split;
 mod handshake;
 mod invalidate;
@@ -53,6 +54,8 @@ pub struct Context {
     pub welcomes: welcome::WelcomeCache,
     /// Monitored members per cluster with replicas.
     pub topologies: HashMap<String, Arc<crate::pool::topology::Topology>>,
+    /// PAUSE / RESUME from the admin console.
+    pub control: control::Control,
     /// Read/write classifications by statement shape, shared by all sessions.
     pub classifier: std::sync::Mutex<crate::route::classify::ClassifyCache>,
     /// The result cache (None: nothing is cached and no write needs tracking).
@@ -90,6 +93,11 @@ impl ClientConn {
 /// Serves one accepted client connection to the end.
 pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok();
+    let socket = {
+        use std::os::fd::AsFd;
+        tcp.as_fd().try_clone_to_owned().ok().map(std::net::TcpStream::from)
+    };
     let timeout = ctx.config.startup_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let too_slow = || {
@@ -118,6 +126,22 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
     };
     ctx.metrics.proxy.logins.inc();
     let guard = ctx.cancels.register();
+    *guard.slot.info.lock().unwrap_or_else(|p| p.into_inner()) = Some(control::ClientInfo {
+        user: login.user.clone(),
+        database: login.database.clone(),
+        application_name: login
+            .settings
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        peer,
+        local,
+        connected: std::time::SystemTime::now(),
+        tls: matches!(client.stream, crate::net::Stream::Accepted(_)),
+        socket,
+    });
     let mut session = relay::Session::new(&ctx, client, login, guard);
     session.run().await;
 }

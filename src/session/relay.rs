@@ -373,6 +373,12 @@ impl<'a> Session<'a> {
         }
         self.ctx.metrics.proxy.client(self.state, to);
         self.state = to;
+        let code = match to {
+            Some(ClientState::Waiting) => 1,
+            Some(ClientState::Active) => 2,
+            _ => 0,
+        };
+        self.cancel.slot.state.store(code, Relaxed);
         if let Some(s) = to {
             let p = self.login.pool.clone();
             counter(&p, s).fetch_add(1, Relaxed);
@@ -384,6 +390,20 @@ impl<'a> Session<'a> {
     /// when the client cancels or the wait times out) and brings its settings in line.
     async fn acquire(&mut self, member: Member) -> Result<(), PgError> {
         self.set_state(Some(ClientState::Waiting));
+        if self.ctx.control.is_paused(&self.login.database) {
+            // PAUSE: new transactions wait for RESUME (a cancel ends the wait).
+            let slot = self.cancel.slot.clone();
+            let notified = slot.queued.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            tokio::select! {
+                _ = self.ctx.control.wait_resumed(&self.login.database) => {}
+                _ = notified => {
+                    self.set_state(Some(ClientState::Idle));
+                    return Err(PgError::error(SqlState::QUERY_CANCELED, "canceling statement due to user request"));
+                }
+            }
+        }
         let r = self.acquire_member(member).await;
         self.set_state(Some(if r.is_ok() { ClientState::Active } else { ClientState::Idle }));
         r

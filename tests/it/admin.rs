@@ -106,6 +106,45 @@ async fn admin_console_answers_show_commands_for_admins_only() {
     let row = rows(&out).into_iter().find(|r| r["database"] == "postgres" && r["user"] == "app").expect("app's pool");
     assert_eq!((row["sv_active"].as_str(), row["sv_idle"].as_str()), ("0", "1"), "{out}");
 
+    // PAUSE holds new transactions back until RESUME; the one in progress may finish.
+    let (ok, _, err) = tokio::task::block_in_place(|| psql(&pg, port, "postgres", "PAUSE postgres"));
+    assert!(ok, "{err}");
+    let held = tokio::spawn(async move { crate::support::scalar(&c, "select 'ran'").await.map(|v| (v, c)) });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "a transaction started while paused");
+    let (ok, _, err) = tokio::task::block_in_place(|| psql(&pg, port, "postgres", "RESUME postgres"));
+    assert!(ok, "{err}");
+    let (v, _c) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), held).await.expect("resumed").unwrap().unwrap();
+    assert_eq!(v, "ran");
+
+    // SHOW CLIENTS lists a client by its application_name; KILL ends it.
+    let mut cfg = crate::support::client_config(proxy.local_addr(), "app", None, "postgres");
+    cfg.application_name("victim");
+    let (victim, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let (_, out, _) = tokio::task::block_in_place(|| psql(&pg, port, "postgres", "SHOW CLIENTS"));
+    let cols = columns(&out);
+    for want in ["type", "user", "database", "state", "addr", "port", "connect_time", "application_name", "id"] {
+        assert!(cols.iter().any(|c| c == want), "SHOW CLIENTS lacks {want}: {cols:?}");
+    }
+    let row = rows(&out).into_iter().find(|r| r["application_name"] == "victim").expect("the victim is listed");
+    assert_eq!((row["user"].as_str(), row["database"].as_str(), row["state"].as_str()), ("app", "postgres", "idle"));
+    let kill = format!("KILL {}", row["id"]);
+    let (ok, _, err) = tokio::task::block_in_place(|| psql(&pg, port, "postgres", &kill));
+    assert!(ok, "{err}");
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_secs(5), conn).await.is_ok(),
+        "the victim's connection ended"
+    );
+    assert!(victim.simple_query("select 1").await.is_err());
+    let gone = crate::support::eventually(std::time::Duration::from_secs(5), || {
+        let (_, out, _) = tokio::task::block_in_place(|| psql(&pg, port, "postgres", "SHOW CLIENTS"));
+        !out.contains("victim")
+    })
+    .await;
+    assert!(gone, "the killed session is still listed");
+
     // Mistakes and strangers.
     let (ok, _, err) = tokio::task::block_in_place(|| psql(&pg, port, "postgres", "SHOW NONSENSE"));
     assert!(!ok && err.contains("unknown command"), "{err}");

@@ -1,0 +1,92 @@
+//! Operator control of sessions from the admin console: PAUSE and RESUME (new transactions of a
+//! database, or of all, wait until resumed; transactions in progress finish), and the live
+//! clients' facts SHOW CLIENTS lists and KILL acts on (a duplicate of each client's socket, so
+//! the console can close it and the session ends through its normal client-gone path).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use tokio::sync::Notify;
+
+#[derive(Default)]
+struct Paused {
+    all: bool,
+    databases: HashSet<String>,
+}
+
+/// PAUSE / RESUME state.
+#[derive(Default)]
+pub struct Control {
+    paused: Mutex<Paused>,
+    changed: Notify,
+}
+
+impl Control {
+    /// Pauses one database (None: all).
+    pub fn pause(&self, db: Option<&str>) {
+        let mut p = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        match db {
+            Some(d) => {
+                p.databases.insert(d.to_string());
+            }
+            None => p.all = true,
+        }
+    }
+
+    /// Resumes one database (None: all, including those paused one by one).
+    pub fn resume(&self, db: Option<&str>) {
+        {
+            let mut p = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+            match db {
+                Some(d) => {
+                    p.databases.remove(d);
+                }
+                None => {
+                    p.all = false;
+                    p.databases.clear();
+                }
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    pub fn is_paused(&self, db: &str) -> bool {
+        let p = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        p.all || p.databases.contains(db)
+    }
+
+    /// Returns once `db` is not paused.
+    pub async fn wait_resumed(&self, db: &str) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_paused(db) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What SHOW CLIENTS shows of one client, and how KILL ends it.
+pub struct ClientInfo {
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+    pub peer: SocketAddr,
+    pub local: Option<SocketAddr>,
+    pub connected: SystemTime,
+    pub tls: bool,
+    /// A duplicate of the client's socket (None if it could not be duplicated).
+    pub socket: Option<std::net::TcpStream>,
+}
+
+impl ClientInfo {
+    /// Closes the client's connection both ways: the session sees its client gone.
+    pub fn kill(&self) -> bool {
+        self.socket.as_ref().is_some_and(|s| s.shutdown(std::net::Shutdown::Both).is_ok())
+    }
+}
