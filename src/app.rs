@@ -156,15 +156,51 @@ impl Proxy {
         }
     }
 
-    /// Serves until SIGINT or SIGTERM.
+    /// Stops accepting, lets transactions in progress finish (up to `proxy.shutdown_timeout`;
+    /// clients between transactions are told the proxy is going away at their next request),
+    /// then closes every client still connected and the pools.
+    pub async fn drain(self) {
+        use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+        let _ = self.stop.send(true);
+        let control = &self.ctx.control;
+        control.draining.store(true, SeqCst);
+        let deadline = tokio::time::Instant::now() + self.ctx.config.shutdown_timeout;
+        loop {
+            let notified = control.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let busy = control.busy.load(SeqCst);
+            if busy == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!(busy, "shutdown_timeout reached with transactions still open; closing their clients");
+                break;
+            }
+        }
+        let mut closed = 0;
+        for (_, slot) in self.ctx.cancels.clients() {
+            if slot.info.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|i| i.kill()) {
+                closed += 1;
+            }
+        }
+        tracing::info!(closed, busy = control.busy.load(Relaxed), "drained");
+        self.shutdown().await;
+    }
+
+    /// Serves until SIGINT (stops at once) or SIGTERM (drains first, see `drain`).
     pub async fn run_until_signalled(self) {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        let drain = tokio::select! {
+            _ = tokio::signal::ctrl_c() => false,
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => true,
+        };
+        tracing::info!(drain, "shutting down");
+        if drain {
+            self.drain().await;
+        } else {
+            self.shutdown().await;
         }
-        tracing::info!("shutting down");
-        self.shutdown().await;
     }
 }
 

@@ -255,6 +255,8 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub auth: AuthMethod,
     pub startup_timeout: Duration,
+    /// On SIGTERM, how long transactions in progress may take before their clients are cut.
+    pub shutdown_timeout: Duration,
     pub max_message_size: usize,
     /// Users who may connect to the admin console (database `pgweir`).
     pub admin_users: Vec<String>,

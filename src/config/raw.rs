@@ -89,6 +89,7 @@ pub struct RawProxy {
     pub listen: Option<Spanned<Listen>>,
     pub auth: Option<Spanned<String>>,
     pub startup_timeout: Option<Spanned<DurationValue>>,
+    pub shutdown_timeout: Option<Spanned<DurationValue>>,
     pub max_message_size: Option<usize>,
     /// Users allowed on the admin console (virtual database `pgweir`).
     #[serde(default)]

@@ -99,6 +99,8 @@ impl Validator<'_> {
         };
         let startup_timeout =
             self.duration(&raw.proxy.startup_timeout, "proxy.startup_timeout", Duration::from_secs(15))?;
+        let shutdown_timeout =
+            self.duration(&raw.proxy.shutdown_timeout, "proxy.shutdown_timeout", Duration::from_secs(30))?;
         let max_message_size = raw.proxy.max_message_size.unwrap_or(1 << 30);
 
         // client TLS
@@ -395,6 +397,7 @@ impl Validator<'_> {
             listen,
             auth,
             startup_timeout,
+            shutdown_timeout,
             max_message_size,
             admin_users: raw.proxy.admin_users.clone(),
             client_tls,

@@ -16,11 +16,17 @@ struct Paused {
     databases: HashSet<String>,
 }
 
-/// PAUSE / RESUME state.
+/// PAUSE / RESUME state, and the drain at shutdown.
 #[derive(Default)]
 pub struct Control {
     paused: Mutex<Paused>,
     changed: Notify,
+    /// Shutting down: a client that is not inside a transaction is told so and closed.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// Sessions holding a server or inside a transaction block.
+    pub busy: std::sync::atomic::AtomicUsize,
+    /// Signalled when `busy` drops.
+    pub idle: Notify,
 }
 
 impl Control {

@@ -60,12 +60,15 @@ pub(super) struct Session<'a> {
     /// (SHOW POOLS).
     state: Option<ClientState>,
     state_pool: Option<Arc<ServerPool>>,
+    /// Counted in `control.busy` (holding a server, or inside a deferred BEGIN).
+    counted_busy: bool,
     /// When the attached server was checked out.
     attached_at: std::time::Instant,
 }
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
+        self.deferred_begin = None;
         self.set_state(None);
         if self.counted_pin {
             self.login.pool.unpin();
@@ -120,6 +123,7 @@ impl<'a> Session<'a> {
             parse_only: false,
             state: None,
             state_pool: None,
+            counted_busy: false,
             attached_at: std::time::Instant::now(),
         }
     }
@@ -136,7 +140,21 @@ impl<'a> Session<'a> {
                 match poll_fn(|cx| self.poll_idle(cx)).await {
                     Idle::Request => {
                         let started = std::time::Instant::now();
-                        if self.answer_proxy_statement() || self.defer_begin() {
+                        if self.ctx.control.draining.load(std::sync::atomic::Ordering::SeqCst)
+                            && self.deferred_begin.is_none()
+                        {
+                            // Between transactions while shutting down: the client reconnects
+                            // elsewhere (another process on the port, another instance).
+                            let e = PgError::fatal(
+                                SqlState("57P01"),
+                                "pgweir: terminating connection: the proxy is shutting down",
+                            )
+                            .with_hint("reconnect: another PgWeir takes new connections");
+                            return self.client.fatal(e).await;
+                        }
+                        let answered = self.answer_proxy_statement() || self.defer_begin();
+                        self.sync_busy();
+                        if answered {
                             continue;
                         }
                         if self.login.shards.is_some() {
@@ -191,6 +209,7 @@ impl<'a> Session<'a> {
                         } else {
                             self.send_deferred_begin();
                         }
+                        self.sync_busy();
                     }
                     Idle::Terminate | Idle::Gone => return,
                     Idle::Bad(e) => return self.client.fatal(e).await,
@@ -384,6 +403,23 @@ impl<'a> Session<'a> {
             counter(&p, s).fetch_add(1, Relaxed);
             self.state_pool = Some(p);
         }
+        self.sync_busy();
+    }
+
+    /// Keeps `control.busy` (what a draining shutdown waits for) in line with this session.
+    pub(super) fn sync_busy(&mut self) {
+        let want = self.state == Some(ClientState::Active) || self.deferred_begin.is_some();
+        if want == self.counted_busy {
+            return;
+        }
+        let control = &self.ctx.control;
+        if want {
+            control.busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        } else {
+            control.busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            control.idle.notify_waiters();
+        }
+        self.counted_busy = want;
     }
 
     /// Checks a server out for the request at the front of the client's buffer (or gives up

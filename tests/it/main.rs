@@ -9,6 +9,7 @@ mod admin;
 mod auth;
 mod cache;
 mod cli;
+mod drain;
 pub(crate) mod drivers;
 mod metrics;
 mod pooling;
