@@ -94,7 +94,7 @@ impl Proxy {
         let mut addrs_metrics = None;
         let limit = Arc::new(Semaphore::new(config.pool.max_client_connections as usize));
         for addr in &config.listen {
-            let listener = TcpListener::bind(addr).await.map_err(|source| AppError::Listen { addr: *addr, source })?;
+            let listener = bind(*addr, config.reuse_port).map_err(|source| AppError::Listen { addr: *addr, source })?;
             let local = listener.local_addr().map_err(|source| AppError::Listen { addr: *addr, source })?;
             tracing::info!(addr = %local, "listening");
             addrs.push(local);
@@ -343,4 +343,16 @@ async fn primaries_reachable(ctx: &Context) -> bool {
         }
     }
     true
+}
+
+/// A client listener; with `reuse_port`, SO_REUSEPORT lets other processes listen on the same
+/// port (the kernel spreads new connections over them), so one can drain while another serves.
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
 }

@@ -257,6 +257,8 @@ pub struct Config {
     pub startup_timeout: Duration,
     /// On SIGTERM, how long transactions in progress may take before their clients are cut.
     pub shutdown_timeout: Duration,
+    /// Listen with SO_REUSEPORT, so another process can share the port (fleet restarts).
+    pub reuse_port: bool,
     pub max_message_size: usize,
     /// Users who may connect to the admin console (database `pgweir`).
     pub admin_users: Vec<String>,

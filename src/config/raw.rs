@@ -90,6 +90,7 @@ pub struct RawProxy {
     pub auth: Option<Spanned<String>>,
     pub startup_timeout: Option<Spanned<DurationValue>>,
     pub shutdown_timeout: Option<Spanned<DurationValue>>,
+    pub reuse_port: Option<bool>,
     pub max_message_size: Option<usize>,
     /// Users allowed on the admin console (virtual database `pgweir`).
     #[serde(default)]

@@ -398,6 +398,7 @@ impl Validator<'_> {
             auth,
             startup_timeout,
             shutdown_timeout,
+            reuse_port: raw.proxy.reuse_port.unwrap_or(false),
             max_message_size,
             admin_users: raw.proxy.admin_users.clone(),
             client_tls,

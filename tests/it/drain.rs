@@ -113,3 +113,109 @@ async fn sigterm_lets_open_transactions_finish() {
     assert_eq!(ones, rows);
     assert!(all.len() >= 8, "every client had a transaction open at SIGTERM: {all:?}");
 }
+
+fn spawn_pgweir(toml: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_pgweir"))
+        .args(["run", "--config"])
+        .arg(toml)
+        .env("PGWEIR_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_a_port_and_one_drains_without_losing_transactions() {
+    let pg = PgCluster::start(PgOptions::default());
+    pg.psql("postgres", "postgres", "create table handover (client int, n int, step int)");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let toml = dir.path().join("pgweir.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nauth = \"trust\"\nreuse_port = true\nshutdown_timeout = \"15s\"\n\
+             [pool]\nsize = 4\n[clusters.default]\nprimary = \"postgres://postgres@127.0.0.1:{}\"\n",
+            pg.port()
+        ),
+    )
+    .unwrap();
+    let mut a = spawn_pgweir(&toml);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(crate::support::eventually(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()).await);
+    let mut b = spawn_pgweir(&toml);
+    // B shares the port (it would fail to bind otherwise and exit).
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(Some(status)) = b.try_wait() {
+                panic!("the second process exited: {status}");
+            }
+            let n = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+            let listeners = n.lines().filter(|l| l.contains(&format!(":{port:04X} 00000000:0000 0A"))).count();
+            if listeners >= 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("two listeners on the port");
+
+    // A reconnecting load: a new connection per transaction (pgbench -C).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for client in 0..4i32 {
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let (mut committed, mut cut) = (Vec::new(), Vec::new());
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                // Connecting (or a BEGIN refused because that process is going away) may fail: retry.
+                let Ok(c) = crate::support::try_connect(addr, "postgres", None, "postgres").await else { continue };
+                if c.batch_execute("BEGIN").await.is_err() {
+                    continue;
+                }
+                if c.execute("insert into handover values ($1, $2, 1)", &[&client, &n]).await.is_err() {
+                    continue;
+                }
+                let rest = async {
+                    c.execute("insert into handover values ($1, $2, 2)", &[&client, &n]).await?;
+                    c.batch_execute("COMMIT").await
+                };
+                match rest.await {
+                    Ok(()) => committed.push(format!("{client}|{n}")),
+                    Err(e) => cut.push(format!("{client}|{n}: {e}")),
+                }
+            }
+            (committed, cut)
+        }));
+    }
+    let count =
+        || -> i64 { pg.psql("postgres", "postgres", "select count(*) from handover where step = 2").parse().unwrap() };
+    assert!(crate::support::eventually(Duration::from_secs(10), || count() >= 20).await, "load did not start");
+    assert!(Command::new("kill").args(["-TERM", &a.id().to_string()]).status().unwrap().success());
+    let a_status = tokio::task::spawn_blocking(move || a.wait()).await.unwrap().unwrap();
+    assert!(a_status.success(), "first process exited with {a_status}");
+    // B alone keeps serving the port.
+    let before = count();
+    assert!(
+        crate::support::eventually(Duration::from_secs(10), || count() >= before + 20).await,
+        "B did not take over"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut all = Vec::new();
+    for l in load {
+        let (committed, cut) = tokio::time::timeout(Duration::from_secs(20), l).await.expect("load ended").unwrap();
+        assert!(cut.is_empty(), "transactions that had started were lost: {cut:?}");
+        all.extend(committed);
+    }
+    let _ = b.kill();
+    let _ = b.wait();
+    all.sort();
+    let got = pg.psql("postgres", "postgres", "select client || '|' || n from handover where step = 2 order by 1");
+    let mut got: Vec<String> = got.lines().map(str::to_string).collect();
+    got.sort();
+    assert_eq!(got, all, "every acknowledged commit, and nothing else");
+}
