@@ -74,6 +74,7 @@ impl Proxy {
             Some(Arc::new(c))
         };
         let ctx = Arc::new(Context {
+            live: std::sync::RwLock::new(config.clone()),
             cache,
             metrics,
             topologies,
@@ -164,7 +165,7 @@ impl Proxy {
         let _ = self.stop.send(true);
         let control = &self.ctx.control;
         control.draining.store(true, SeqCst);
-        let deadline = tokio::time::Instant::now() + self.ctx.config.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + self.ctx.live_config().shutdown_timeout;
         loop {
             let notified = control.idle.notified();
             tokio::pin!(notified);
@@ -188,12 +189,22 @@ impl Proxy {
         self.shutdown().await;
     }
 
-    /// Serves until SIGINT (stops at once) or SIGTERM (drains first, see `drain`).
+    /// Serves until SIGINT (stops at once) or SIGTERM (drains first, see `drain`); SIGHUP
+    /// reloads the config file (`session::reload`).
     pub async fn run_until_signalled(self) {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let drain = tokio::select! {
-            _ = tokio::signal::ctrl_c() => false,
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => true,
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut hup = signal(SignalKind::hangup()).ok();
+        let drain = loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break false,
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => break true,
+                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => {
+                    if let Err(e) = crate::session::reload::reload(&self.ctx) {
+                        tracing::error!(error = %e, "reload failed; the running configuration is unchanged");
+                    }
+                }
+            }
         };
         tracing::info!(drain, "shutting down");
         if drain {

@@ -275,6 +275,9 @@ pub struct Config {
     pub cache: CacheSettings,
     /// Where `/metrics` is served (None: nowhere).
     pub metrics_listen: Option<SocketAddr>,
+    /// The file and command-line overrides this was read from (RELOAD and SIGHUP read them
+    /// again); None when built from text.
+    pub origin: Option<(PathBuf, Overrides)>,
 }
 
 impl Config {
@@ -288,7 +291,7 @@ impl Config {
 }
 
 /// Settings given on the command line; each one replaces the file's value.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Overrides {
     pub listen: Vec<String>,
     pub upstream: Option<String>,
@@ -311,7 +314,9 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
         }
         None => (String::new(), "(no file)".to_string()),
     };
-    from_str(&text, &name, overrides)
+    let mut c = from_str(&text, &name, overrides)?;
+    c.origin = path.map(|p| (p.to_path_buf(), overrides.clone()));
+    Ok(c)
 }
 
 /// Parses and validates config text; `name` is used in error messages.

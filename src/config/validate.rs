@@ -393,6 +393,7 @@ impl Validator<'_> {
         Ok(Config {
             cache,
             metrics_listen,
+            origin: None,
             routing,
             listen,
             auth,

@@ -134,6 +134,17 @@ impl ServerPool {
         }
     }
 
+    /// Changes how many server connections the pool may hold (RELOAD). Connections over a
+    /// smaller size close as they come back.
+    pub fn resize(&self, n: usize) {
+        self.pool.resize(n.max(1));
+    }
+
+    /// The current maximum number of server connections.
+    pub fn max_size(&self) -> usize {
+        self.pool.status().max_size
+    }
+
     pub fn with_max_pinned(mut self, n: usize) -> ServerPool {
         self.max_pinned = n;
         self
@@ -199,7 +210,7 @@ impl ServerPool {
                     return Err(CheckoutError::WaitTimeout {
                         pool: self.name.clone(),
                         waited: self.wait_timeout,
-                        size: self.size,
+                        size: self.pool.status().max_size,
                     })
                 }
                 Err(PoolError::Backend(e)) if e.is_transient() && attempts < 3 && left > Duration::from_millis(300) => {

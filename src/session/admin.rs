@@ -76,7 +76,7 @@ fn error(m: impl Into<String>) -> PgError {
 
 /// Serves one admin connection (already authenticated as `user`) to the end.
 pub(super) async fn serve(ctx: &Context, mut client: ClientConn, user: String) {
-    if !ctx.config.admin_users.contains(&user) {
+    if !ctx.live_config().admin_users.contains(&user) {
         let e = PgError::fatal(SqlState("42501"), format!("pgweir: user \"{user}\" may not use the admin console"))
             .with_hint("list it in proxy.admin_users");
         return client.fatal(e).await;
@@ -149,6 +149,7 @@ fn command(ctx: &Context, text: &str) -> Result<Option<(Table, String)>, PgError
                 "SHOW POOLS",
                 "SHOW CLIENTS",
                 "SHOW REPLICAS",
+                "RELOAD",
                 "PAUSE [db]",
                 "RESUME [db]",
                 "KILL id|db",
@@ -167,6 +168,10 @@ fn command(ctx: &Context, text: &str) -> Result<Option<(Table, String)>, PgError
         ["SHOW", "POOLS"] => show(pools(ctx)),
         ["SHOW", "REPLICAS"] => show(replicas(ctx)),
         ["SHOW", "CLIENTS"] => show(clients(ctx)),
+        ["RELOAD"] => match super::reload::reload(ctx) {
+            Ok(_) => Ok(Some((Table::new(&[]), "RELOAD".to_string()))),
+            Err(e) => Err(PgError::error(SqlState("F0000"), format!("pgweir: reload failed, nothing changed: {e}"))),
+        },
         ["PAUSE"] | ["PAUSE", _] | ["RESUME"] | ["RESUME", _] | ["KILL", _] => {
             // Database names keep their case: take them from the text.
             let arg =
@@ -277,7 +282,8 @@ fn mode(m: crate::config::PoolMode) -> String {
 }
 
 fn config(ctx: &Context) -> Table {
-    let c = &ctx.config;
+    let live = ctx.live_config();
+    let c = &*live;
     let mut t = Table::new(&[("key", TEXT), ("value", TEXT), ("default", TEXT), ("changeable", TEXT)]);
     let listen: Vec<String> = c.listen.iter().map(|a| a.to_string()).collect();
     let rows: Vec<(&str, String, &str)> = vec![
@@ -302,7 +308,8 @@ fn config(ctx: &Context) -> Table {
 }
 
 fn databases(ctx: &Context) -> Table {
-    let c = &ctx.config;
+    let live = ctx.live_config();
+    let c = &*live;
     let mut t = Table::new(&[
         ("name", TEXT),
         ("host", TEXT),
@@ -382,6 +389,7 @@ fn pools(ctx: &Context) -> Table {
         ("maxwait", INT8),
         ("maxwait_us", INT8),
         ("pool_mode", TEXT),
+        ("pool_size", INT8),
     ]);
     let mut pools = ctx.pools.all();
     pools.sort_by(|a, b| a.name.cmp(&b.name));
@@ -407,6 +415,7 @@ fn pools(ctx: &Context) -> Table {
             z(),
             z(),
             mode(p.mode),
+            p.max_size().to_string(),
         ]);
     }
     t

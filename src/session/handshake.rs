@@ -167,8 +167,7 @@ pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMe
     let route = ctx.config.databases.get(&database);
     let cluster_name = route.map(|r| r.cluster.clone()).unwrap_or_else(|| ctx.config.default_cluster.clone());
     let mode = route.and_then(|r| r.pool_mode).unwrap_or(ctx.config.pool.mode);
-    let user_cfg = ctx.config.user(&user);
-    let size = user_cfg.and_then(|u| u.pool_size).or(route.and_then(|r| r.pool_size)).unwrap_or(ctx.config.pool.size);
+    let size = super::reload::pool_size(&ctx.live_config(), &database, &user) as u32;
     let server_db = route.and_then(|r| r.dbname.clone()).unwrap_or_else(|| database.clone());
     let base = LoginSpec {
         user: &user,

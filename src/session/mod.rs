@@ -19,6 +19,7 @@ mod proto;
 mod proto_stmts;
 mod pump;
 mod relay;
+pub mod reload;
 mod retry;
 mod routing;
 mod scatter;
@@ -43,7 +44,10 @@ use crate::wire::{PgError, SqlState};
 
 /// Everything a session needs from the running proxy (built by `app`).
 pub struct Context {
+    /// The configuration the proxy started with (what cannot change without a restart).
     pub config: Arc<Config>,
+    /// The configuration as last reloaded (pool sizes, admin users, shutdown timeout).
+    pub live: std::sync::RwLock<Arc<Config>>,
     pub pools: Pools,
     pub cancels: cancel::CancelRegistry,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
@@ -61,6 +65,13 @@ pub struct Context {
     /// The result cache (None: nothing is cached and no write needs tracking).
     pub cache: Option<Arc<crate::cache::Cache>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Context {
+    /// The configuration as last reloaded.
+    pub fn live_config(&self) -> Arc<Config> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// The client's socket with its read buffer and pending output.

@@ -77,6 +77,7 @@ async fn admin_console_answers_show_commands_for_admins_only() {
                 "maxwait",
                 "maxwait_us",
                 "pool_mode",
+                "pool_size",
             ],
         ),
         (
@@ -150,4 +151,65 @@ async fn admin_console_answers_show_commands_for_admins_only() {
     assert!(!ok && err.contains("unknown command"), "{err}");
     let (ok, _, err) = tokio::task::block_in_place(|| psql(&pg, port, "app", "SHOW POOLS"));
     assert!(!ok && err.contains("may not use the admin console"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_a_new_pool_size_under_load() {
+    let pg = PgCluster::start(PgOptions::default());
+    let pgport = pg.port().to_string();
+    let init = Command::new(pg.bin("pgbench"))
+        .args(["-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", &pgport, "-U", "postgres", "postgres"])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pgweir.toml");
+    let write = |size: u32| {
+        let text = format!("[proxy]\nauth = \"trust\"\nadmin_users = [\"postgres\"]\n[pool]\nsize = {size}\n");
+        std::fs::write(&file, text).unwrap();
+    };
+    write(2);
+    let overrides = pgweir::config::Overrides {
+        listen: vec!["127.0.0.1:0".into()],
+        upstream: Some(format!("postgres://127.0.0.1:{pgport}")),
+        ..Default::default()
+    };
+    let cfg = pgweir::config::load(Some(&file), &overrides).unwrap();
+    let proxy = pgweir::app::Proxy::start(cfg).await.unwrap();
+    let port = proxy.local_addr().port();
+    let size_of = |pg: &PgCluster| -> String {
+        let (ok, out, err) = psql(pg, port, "postgres", "SHOW POOLS");
+        assert!(ok, "{err}");
+        rows(&out)
+            .into_iter()
+            .find(|r| r["database"] == "postgres" && r["user"] == "postgres")
+            .map(|r| r["pool_size"].clone())
+            .unwrap_or_default()
+    };
+    let bin = pg.bin("pgbench");
+    let bench = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args(["-n", "-S", "-c", "8", "-j", "2", "-T", "4", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-U", "postgres", "postgres"])
+            .output()
+            .unwrap()
+    });
+    let started = crate::support::eventually(std::time::Duration::from_secs(5), || {
+        tokio::task::block_in_place(|| size_of(&pg)) == "2"
+    })
+    .await;
+    assert!(started, "pgbench's pool never appeared");
+    write(5);
+    let (ok, _, err) = tokio::task::block_in_place(|| psql(&pg, port, "postgres", "RELOAD"));
+    assert!(ok, "{err}");
+    assert_eq!(tokio::task::block_in_place(|| size_of(&pg)), "5");
+    let out = bench.await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("number of failed transactions: 0"), "{text}");
+    // A file that does not validate changes nothing.
+    std::fs::write(&file, "[pool]\nsize = 0\n").unwrap();
+    let (ok, _, err) = tokio::task::block_in_place(|| psql(&pg, port, "postgres", "RELOAD"));
+    assert!(!ok && err.contains("reload failed"), "{err}");
+    assert_eq!(tokio::task::block_in_place(|| size_of(&pg)), "5");
 }
