@@ -29,12 +29,12 @@ fi
 
 # Python drivers for the driver tests (psycopg 3, asyncpg), from PyPI into a venv.
 VENV=target/test-venv
-if ! "$VENV/bin/python" -c "import psycopg, asyncpg" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import psycopg, asyncpg, yaml" 2>/dev/null; then
     python3 -m venv "$VENV" 2>/dev/null || {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
         python3 -m venv "$VENV"
     }
-    "$VENV/bin/pip" install -q --disable-pip-version-check "psycopg[binary]>=3.1" "asyncpg>=0.29"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "psycopg[binary]>=3.1" "asyncpg>=0.29" "PyYAML>=6"
 fi
 export PGWEIR_PYTHON="$PWD/$VENV/bin/python"
 

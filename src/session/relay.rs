@@ -130,6 +130,14 @@ impl<'a> Session<'a> {
 
     pub async fn run(&mut self) {
         if let Err(e) = self.start().await {
+            let code = match &e {
+                crate::server::ClientFacing::Error(pe) => Some(pe.code.0.to_string()),
+                // The server's own ErrorResponse: its SQLSTATE field.
+                crate::server::ClientFacing::Raw(raw) => {
+                    crate::wire::backend::ErrorFields::parse(raw.get(5..).unwrap_or_default()).code
+                }
+            };
+            self.ctx.metrics.proxy.error(code.as_deref());
             e.encode(&mut self.client.wbuf);
             let _ = self.client.flush().await;
             return;

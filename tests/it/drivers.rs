@@ -12,8 +12,13 @@ pub(crate) fn python() -> PathBuf {
     let p = std::env::var_os("PGWEIR_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python"));
-    let ok = Command::new(&p).args(["-c", "import psycopg, asyncpg"]).status().map(|s| s.success()).unwrap_or(false);
-    assert!(ok, "{} lacks psycopg/asyncpg: run scripts/test.sh (it builds the venv) or set PGWEIR_PYTHON", p.display());
+    let ok =
+        Command::new(&p).args(["-c", "import psycopg, asyncpg, yaml"]).status().map(|s| s.success()).unwrap_or(false);
+    assert!(
+        ok,
+        "{} lacks psycopg/asyncpg/PyYAML: run scripts/test.sh (it builds the venv) or set PGWEIR_PYTHON",
+        p.display()
+    );
     p
 }
 

@@ -12,6 +12,7 @@ mod cli;
 mod drain;
 pub(crate) mod drivers;
 mod metrics;
+mod packaging;
 mod pooling;
 mod prepared;
 mod protocol;
