@@ -259,6 +259,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Listen with SO_REUSEPORT, so another process can share the port (fleet restarts).
     pub reuse_port: bool,
+    /// Addresses (`host:port`) of the other PgWeir processes sharing clients with this one.
+    pub peers: Vec<String>,
     pub max_message_size: usize,
     /// Users who may connect to the admin console (database `pgweir`).
     pub admin_users: Vec<String>,

@@ -91,6 +91,9 @@ pub struct RawProxy {
     pub startup_timeout: Option<Spanned<DurationValue>>,
     pub shutdown_timeout: Option<Spanned<DurationValue>>,
     pub reuse_port: Option<bool>,
+    /// Other PgWeir processes (their own addresses) a CancelRequest for an unknown key goes to.
+    #[serde(default)]
+    pub peers: Vec<String>,
     pub max_message_size: Option<usize>,
     /// Users allowed on the admin console (virtual database `pgweir`).
     #[serde(default)]

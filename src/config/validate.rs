@@ -400,6 +400,7 @@ impl Validator<'_> {
             startup_timeout,
             shutdown_timeout,
             reuse_port: raw.proxy.reuse_port.unwrap_or(false),
+            peers: raw.proxy.peers.clone(),
             max_message_size,
             admin_users: raw.proxy.admin_users.clone(),
             client_tls,

@@ -104,8 +104,9 @@ impl CancelRegistry {
         }
     }
 
-    /// Handles a CancelRequest; unknown keys are ignored silently, as PostgreSQL does.
-    pub async fn cancel(&self, pid: i32, secret: &[u8]) {
+    /// Handles a CancelRequest; unknown keys are ignored silently, as PostgreSQL does. True
+    /// when the key was this registry's.
+    pub async fn cancel(&self, pid: i32, secret: &[u8]) -> bool {
         let slot = {
             let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
             match map.get(&pid) {
@@ -113,8 +114,12 @@ impl CancelRegistry {
                 _ => None,
             }
         };
-        if let Some(slot) = slot {
-            slot.fire().await;
+        match slot {
+            Some(slot) => {
+                slot.fire().await;
+                true
+            }
+            None => false,
         }
     }
 }

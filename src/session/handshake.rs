@@ -83,8 +83,12 @@ pub(super) async fn negotiate(ctx: &Context, tcp: TcpStream, peer: SocketAddr) -
             InitialPacket::GssEncRequest => {
                 stream.write_all(b"N").await.ok()?;
             }
-            InitialPacket::Cancel { pid, secret } => {
-                ctx.cancels.cancel(pid, &secret).await;
+            InitialPacket::Cancel { pid, secret, forwarded } => {
+                if !ctx.cancels.cancel(pid, &secret).await && !forwarded {
+                    // Not ours: a peer sharing the port (SO_REUSEPORT) or the load balancer may
+                    // hold that client.
+                    forward_cancel(ctx, pid, &secret).await;
+                }
                 return None;
             }
             InitialPacket::Startup(msg) => {
@@ -323,4 +327,31 @@ fn pool_for(
         )
         .with_max_pinned(p.max_pinned.map(|n| n as usize).unwrap_or((spec.size / 2).max(1)))
     }))
+}
+
+/// Passes a CancelRequest whose key is not this process's to every `proxy.peers` address.
+async fn forward_cancel(ctx: &Context, pid: i32, secret: &[u8]) {
+    let peers = &ctx.config.peers;
+    if peers.is_empty() {
+        return;
+    }
+    let mut packet = BytesMut::new();
+    crate::wire::startup::encode_forwarded_cancel(pid, secret, &mut packet);
+    let sends = peers.iter().map(|peer| {
+        let packet = &packet;
+        async move {
+            let send = async {
+                let mut s = TcpStream::connect(peer.as_str()).await?;
+                s.write_all(packet).await?;
+                s.shutdown().await
+            };
+            if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(2), send)
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out")))
+            {
+                tracing::debug!(peer = %peer, error = %e, "passing a cancel request to a peer failed");
+            }
+        }
+    });
+    futures_util::future::join_all(sends).await;
 }

@@ -9,6 +9,9 @@ pub const MAX_STARTUP_PACKET: usize = 10_000;
 const SSL_REQUEST_CODE: u32 = 80_877_103;
 const GSSENC_REQUEST_CODE: u32 = 80_877_104;
 const CANCEL_REQUEST_CODE: u32 = 80_877_102;
+/// A CancelRequest one PgWeir passes to its peers (`proxy.peers`) when the key is not its own;
+/// a peer acts on it but never forwards it again. Not a PostgreSQL code.
+const FORWARDED_CANCEL_CODE: u32 = 80_877_199;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum StartupError {
@@ -29,7 +32,7 @@ pub enum StartupError {
 pub enum InitialPacket {
     SslRequest,
     GssEncRequest,
-    Cancel { pid: i32, secret: Vec<u8> },
+    Cancel { pid: i32, secret: Vec<u8>, forwarded: bool },
     Startup(StartupMessage),
 }
 
@@ -67,13 +70,13 @@ pub fn parse_initial(buf: &[u8]) -> Result<Option<(InitialPacket, usize)>, Start
         SSL_REQUEST_CODE if body.is_empty() => InitialPacket::SslRequest,
         GSSENC_REQUEST_CODE if body.is_empty() => InitialPacket::GssEncRequest,
         SSL_REQUEST_CODE | GSSENC_REQUEST_CODE => return Err(StartupError::BadLength),
-        CANCEL_REQUEST_CODE => {
+        CANCEL_REQUEST_CODE | FORWARDED_CANCEL_CODE => {
             // pid (4) + secret (4 in protocol 3.0, up to 256 in 3.2)
             if body.len() < 8 || body.len() > 4 + 256 {
                 return Err(StartupError::BadCancel);
             }
             let pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-            InitialPacket::Cancel { pid, secret: body[4..].to_vec() }
+            InitialPacket::Cancel { pid, secret: body[4..].to_vec(), forwarded: code == FORWARDED_CANCEL_CODE }
         }
         _ => {
             let major = (code >> 16) as u16;
@@ -133,8 +136,17 @@ pub fn encode_ssl_request(out: &mut bytes::BytesMut) {
 
 /// Encodes a CancelRequest for a server's backend key.
 pub fn encode_cancel(pid: i32, secret: &[u8], out: &mut bytes::BytesMut) {
+    encode_cancel_code(CANCEL_REQUEST_CODE, pid, secret, out);
+}
+
+/// Encodes a CancelRequest passed on to a peer PgWeir.
+pub fn encode_forwarded_cancel(pid: i32, secret: &[u8], out: &mut bytes::BytesMut) {
+    encode_cancel_code(FORWARDED_CANCEL_CODE, pid, secret, out);
+}
+
+fn encode_cancel_code(code: u32, pid: i32, secret: &[u8], out: &mut bytes::BytesMut) {
     out.extend_from_slice(&((12 + secret.len()) as u32).to_be_bytes());
-    out.extend_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());
+    out.extend_from_slice(&code.to_be_bytes());
     out.extend_from_slice(&pid.to_be_bytes());
     out.extend_from_slice(secret);
 }
@@ -226,7 +238,16 @@ mod tests {
         assert_eq!(parse_initial(&b).unwrap().unwrap().0, InitialPacket::SslRequest);
         let mut c = bytes::BytesMut::new();
         encode_cancel(42, &[1, 2, 3, 4], &mut c);
-        assert_eq!(parse_initial(&c).unwrap().unwrap().0, InitialPacket::Cancel { pid: 42, secret: vec![1, 2, 3, 4] });
+        assert_eq!(
+            parse_initial(&c).unwrap().unwrap().0,
+            InitialPacket::Cancel { pid: 42, secret: vec![1, 2, 3, 4], forwarded: false }
+        );
+        let mut f = bytes::BytesMut::new();
+        encode_forwarded_cancel(42, &[1, 2, 3, 4], &mut f);
+        assert_eq!(
+            parse_initial(&f).unwrap().unwrap().0,
+            InitialPacket::Cancel { pid: 42, secret: vec![1, 2, 3, 4], forwarded: true }
+        );
     }
 
     #[test]

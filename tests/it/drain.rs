@@ -219,3 +219,71 @@ async fn two_processes_share_a_port_and_one_drains_without_losing_transactions()
     got.sort();
     assert_eq!(got, all, "every acknowledged commit, and nothing else");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaching_the_other_process_cancels_the_right_query() {
+    let pg = PgCluster::start(PgOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (shared, own_a, own_b) = (free_port(), free_port(), free_port());
+    let write = |name: &str, own: u16, peer: u16| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[proxy]\nlisten = [\"127.0.0.1:{shared}\", \"127.0.0.1:{own}\"]\nauth = \"trust\"\nreuse_port = true\n\
+                 peers = [\"127.0.0.1:{peer}\"]\n[clusters.default]\nprimary = \"postgres://postgres@127.0.0.1:{}\"\n",
+                pg.port()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let mut a = spawn_pgweir(&write("a.toml", own_a, own_b));
+    let mut b = spawn_pgweir(&write("b.toml", own_b, own_a));
+    for port in [own_a, own_b] {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(
+            crate::support::eventually(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()).await
+        );
+    }
+    // A client of A runs a long query; its CancelRequest arrives at B.
+    let a_addr: std::net::SocketAddr = format!("127.0.0.1:{own_a}").parse().unwrap();
+    let mut client = tokio::task::spawn_blocking(move || {
+        let mut client = crate::raw::RawClient::login(a_addr, "postgres", "postgres");
+        client.query("select pg_sleep(30)");
+        client
+    })
+    .await
+    .unwrap();
+    crate::support::wait_until_running(&pg, "select pg_sleep(30)").await;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let (pid, secret) = client.key;
+        let mut cancel = Vec::new();
+        cancel.extend_from_slice(&16u32.to_be_bytes());
+        cancel.extend_from_slice(&80_877_102u32.to_be_bytes());
+        cancel.extend_from_slice(&pid.to_be_bytes());
+        cancel.extend_from_slice(&secret);
+        let started = std::time::Instant::now();
+        std::io::Write::write_all(&mut std::net::TcpStream::connect(("127.0.0.1", own_b)).unwrap(), &cancel).unwrap();
+        let mut code = String::new();
+        loop {
+            let (t, body) = client.read();
+            if t == b'E' {
+                let fields = String::from_utf8_lossy(&body).into_owned();
+                code = fields.split('\0').find_map(|f| f.strip_prefix('C')).unwrap_or("").to_string();
+            }
+            if t == b'Z' {
+                break;
+            }
+        }
+        (code, started.elapsed())
+    })
+    .await
+    .unwrap();
+    let _ = a.kill();
+    let _ = b.kill();
+    let _ = a.wait();
+    let _ = b.wait();
+    assert_eq!(outcome.0, "57014", "the query was not canceled");
+    assert!(outcome.1 < Duration::from_secs(10), "canceled only after {:?}", outcome.1);
+}
