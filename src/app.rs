@@ -79,6 +79,7 @@ impl Proxy {
             metrics,
             topologies,
             control: Default::default(),
+            started: std::time::Instant::now(),
             classifier: std::sync::Mutex::new(crate::route::classify::ClassifyCache::new(CLASSIFY_CACHE)),
             auth: AuthSource::new(&config),
             config: config.clone(),

@@ -13,6 +13,8 @@ use crate::cache::Refusal;
 /// refusal reason. Handles are resolved at startup: nothing is looked up per query.
 #[derive(Clone)]
 pub struct CacheMetrics {
+    /// The rules' names, then `hint` (the order of the per-rule handles).
+    names: Vec<String>,
     hits: Vec<IntCounter>,
     misses: Vec<IntCounter>,
     served_bytes: Vec<IntCounter>,
@@ -50,6 +52,7 @@ impl CacheMetrics {
             .expect("valid metric");
         registry.register(Box::new(l1_bytes.clone())).expect("metric registered once");
         CacheMetrics {
+            names: names.iter().map(|n| n.to_string()).collect(),
             hits: per_rule("pgweir_cache_hits_total", "Requests answered from the cache"),
             misses: per_rule("pgweir_cache_misses_total", "Cacheable requests that went to the server"),
             served_bytes: per_rule("pgweir_cache_served_bytes_total", "Result bytes answered from the cache"),
@@ -87,6 +90,23 @@ impl CacheMetrics {
 
     pub fn refusal(&self, why: Refusal) {
         self.refusals[why.index()].inc();
+    }
+
+    /// Per rule: (name, hits, misses, bytes served, bytes stored), for SHOW CACHE.
+    pub fn rows(&self) -> Vec<(String, u64, u64, u64, u64)> {
+        self.names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let get = |v: &[IntCounter]| v.get(i).map_or(0, |c| c.get());
+                (n.clone(), get(&self.hits), get(&self.misses), get(&self.served_bytes), get(&self.stored_bytes))
+            })
+            .collect()
+    }
+
+    /// Refusals by reason label, for SHOW CACHE.
+    pub fn refusal_counts(&self) -> Vec<(&'static str, u64)> {
+        Refusal::ALL.iter().map(|r| (r.label(), self.refusals[r.index()].get())).collect()
     }
 }
 

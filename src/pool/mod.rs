@@ -91,6 +91,18 @@ pub struct ServerPool {
     /// Clients of this pool holding a server, and waiting for one (SHOW POOLS).
     pub clients_active: std::sync::atomic::AtomicI64,
     pub clients_waiting: std::sync::atomic::AtomicI64,
+    /// Totals for SHOW STATS.
+    pub stats: PoolStats,
+}
+
+/// What SHOW STATS adds up per database.
+#[derive(Default)]
+pub struct PoolStats {
+    /// Server checkouts released (transactions, or statements between transactions).
+    pub xacts: std::sync::atomic::AtomicU64,
+    pub queries: std::sync::atomic::AtomicU64,
+    pub xact_us: std::sync::atomic::AtomicU64,
+    pub wait_us: std::sync::atomic::AtomicU64,
 }
 
 /// Statements found stale ("cached plan must not change result type"), by epoch, so every
@@ -130,6 +142,7 @@ impl ServerPool {
             pinned: Default::default(),
             clients_active: Default::default(),
             clients_waiting: Default::default(),
+            stats: Default::default(),
             max_pinned: (size / 2).max(1),
         }
     }

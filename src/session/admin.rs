@@ -148,6 +148,9 @@ fn command(ctx: &Context, text: &str) -> Result<Option<(Table, String)>, PgError
                 "SHOW DATABASES",
                 "SHOW POOLS",
                 "SHOW CLIENTS",
+                "SHOW STATS",
+                "SHOW CACHE",
+                "SHOW PINS",
                 "SHOW REPLICAS",
                 "RELOAD",
                 "PAUSE [db]",
@@ -168,6 +171,9 @@ fn command(ctx: &Context, text: &str) -> Result<Option<(Table, String)>, PgError
         ["SHOW", "POOLS"] => show(pools(ctx)),
         ["SHOW", "REPLICAS"] => show(replicas(ctx)),
         ["SHOW", "CLIENTS"] => show(clients(ctx)),
+        ["SHOW", "STATS"] => show(stats(ctx)),
+        ["SHOW", "CACHE"] => show(cache(ctx)),
+        ["SHOW", "PINS"] => show(pins(ctx)),
         ["RELOAD"] => match super::reload::reload(ctx) {
             Ok(_) => Ok(Some((Table::new(&[]), "RELOAD".to_string()))),
             Err(e) => Err(PgError::error(SqlState("F0000"), format!("pgweir: reload failed, nothing changed: {e}"))),
@@ -454,6 +460,101 @@ fn replicas(ctx: &Context) -> Table {
                 r.outstanding.load(Relaxed).to_string(),
             ]);
         }
+    }
+    t
+}
+
+/// PgBouncer's SHOW STATS, per client database (totals since start; averages per second since
+/// start). Bytes are not counted (0).
+fn stats(ctx: &Context) -> Table {
+    let mut t = Table::new(&[
+        ("database", TEXT),
+        ("total_xact_count", INT8),
+        ("total_query_count", INT8),
+        ("total_received", INT8),
+        ("total_sent", INT8),
+        ("total_xact_time", INT8),
+        ("total_query_time", INT8),
+        ("total_wait_time", INT8),
+        ("avg_xact_count", INT8),
+        ("avg_query_count", INT8),
+        ("avg_recv", INT8),
+        ("avg_sent", INT8),
+        ("avg_xact_time", INT8),
+        ("avg_query_time", INT8),
+        ("avg_wait_time", INT8),
+    ]);
+    let mut by_db: std::collections::BTreeMap<String, [u64; 4]> = Default::default();
+    for p in ctx.pools.all() {
+        let key = p.name.rsplit_once('/').map_or(p.name.as_str(), |(k, _)| k);
+        let db = key.split(['#', '@']).next().unwrap_or(key).to_string();
+        let s = &p.stats;
+        let e = by_db.entry(db).or_default();
+        e[0] += s.xacts.load(Relaxed);
+        e[1] += s.queries.load(Relaxed);
+        e[2] += s.xact_us.load(Relaxed);
+        e[3] += s.wait_us.load(Relaxed);
+    }
+    let secs = ctx.started.elapsed().as_secs().max(1);
+    for (db, [xacts, queries, xact_us, wait_us]) in by_db {
+        let per = |n: u64, d: u64| n.checked_div(d).unwrap_or(0);
+        t.row(vec![
+            db,
+            xacts.to_string(),
+            queries.to_string(),
+            "0".into(),
+            "0".into(),
+            xact_us.to_string(),
+            xact_us.to_string(),
+            wait_us.to_string(),
+            per(xacts, secs).to_string(),
+            per(queries, secs).to_string(),
+            "0".into(),
+            "0".into(),
+            per(xact_us, xacts).to_string(),
+            per(xact_us, queries).to_string(),
+            per(wait_us, xacts).to_string(),
+        ]);
+    }
+    t
+}
+
+/// The result cache per rule, then refusals by reason (rule column empty).
+fn cache(ctx: &Context) -> Table {
+    let mut t = Table::new(&[
+        ("rule", TEXT),
+        ("hits", INT8),
+        ("misses", INT8),
+        ("served_bytes", INT8),
+        ("stored_bytes", INT8),
+        ("refusal", TEXT),
+        ("refusals", INT8),
+    ]);
+    let m = &ctx.metrics.cache;
+    for (name, hits, misses, served, stored) in m.rows() {
+        t.row(vec![
+            name,
+            hits.to_string(),
+            misses.to_string(),
+            served.to_string(),
+            stored.to_string(),
+            String::new(),
+            "0".into(),
+        ]);
+    }
+    for (reason, n) in m.refusal_counts() {
+        t.row(vec![String::new(), "0".into(), "0".into(), "0".into(), "0".into(), reason.to_string(), n.to_string()]);
+    }
+    t
+}
+
+/// Pinned clients per pool now (pins by reason over time: `pgweir_pins_total`).
+fn pins(ctx: &Context) -> Table {
+    let mut t = Table::new(&[("pool", TEXT), ("pinned_now", INT8), ("max_pinned", INT8)]);
+    let mut pools = ctx.pools.all();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    for p in pools {
+        t.row(vec![p.name.clone(), p.pinned().to_string(), p.max_pinned.to_string()]);
     }
     t
 }

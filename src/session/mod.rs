@@ -60,6 +60,8 @@ pub struct Context {
     pub topologies: HashMap<String, Arc<crate::pool::topology::Topology>>,
     /// PAUSE / RESUME from the admin console.
     pub control: control::Control,
+    /// When the proxy started (SHOW STATS averages).
+    pub started: std::time::Instant,
     /// Read/write classifications by statement shape, shared by all sessions.
     pub classifier: std::sync::Mutex<crate::route::classify::ClassifyCache>,
     /// The result cache (None: nothing is cached and no write needs tracking).

@@ -480,7 +480,9 @@ impl<'a> Session<'a> {
                 }
             };
             let m = &self.ctx.metrics.proxy;
-            m.pool_wait_seconds.observe(wait_start.elapsed().as_secs_f64());
+            let waited_for = wait_start.elapsed();
+            m.pool_wait_seconds.observe(waited_for.as_secs_f64());
+            pool.stats.wait_us.fetch_add(waited_for.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
             if waited {
                 m.pool_waits.inc();
             }
@@ -556,7 +558,14 @@ impl<'a> Session<'a> {
         let route =
             if matches!(self.member, Some(Member::Replica(_))) { RouteLabel::Replica } else { RouteLabel::Primary };
         let queries = std::mem::take(&mut self.proto.queries);
-        self.ctx.metrics.proxy.released(route, self.attached_at.elapsed().as_secs_f64(), queries);
+        let held = self.attached_at.elapsed();
+        self.ctx.metrics.proxy.released(route, held.as_secs_f64(), queries);
+        if let Some(p) = &self.current_pool {
+            use std::sync::atomic::Ordering::Relaxed;
+            p.stats.xacts.fetch_add(1, Relaxed);
+            p.stats.queries.fetch_add(queries, Relaxed);
+            p.stats.xact_us.fetch_add(held.as_micros() as u64, Relaxed);
+        }
         self.set_state(Some(ClientState::Idle));
         self.proto.wrote = false;
         let tainted = self.cancel.slot.detach().await;

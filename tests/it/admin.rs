@@ -85,6 +85,28 @@ async fn admin_console_answers_show_commands_for_admins_only() {
             &["cluster", "replica", "host", "port", "healthy", "replay_lsn", "lag_bytes", "lag_ms", "outstanding"],
         ),
         ("show help;", &["command"]),
+        (
+            "SHOW STATS",
+            &[
+                "database",
+                "total_xact_count",
+                "total_query_count",
+                "total_received",
+                "total_sent",
+                "total_xact_time",
+                "total_query_time",
+                "total_wait_time",
+                "avg_xact_count",
+                "avg_query_count",
+                "avg_recv",
+                "avg_sent",
+                "avg_xact_time",
+                "avg_query_time",
+                "avg_wait_time",
+            ],
+        ),
+        ("SHOW CACHE", &["rule", "hits", "misses", "served_bytes", "stored_bytes", "refusal", "refusals"]),
+        ("SHOW PINS", &["pool", "pinned_now", "max_pinned"]),
     ];
     for (cmd, cols) in expect {
         let pg = &pg;
@@ -103,6 +125,10 @@ async fn admin_console_answers_show_commands_for_admins_only() {
     assert_eq!((row["cl_active"].as_str(), row["sv_active"].as_str()), ("1", "1"), "{out}");
     assert_eq!(row["pool_mode"], "transaction");
     c.batch_execute("COMMIT").await.unwrap();
+    let (_, out, _) = tokio::task::block_in_place(|| psql(&pg, port, "postgres", "SHOW STATS"));
+    let row = rows(&out).into_iter().find(|r| r["database"] == "postgres").expect("stats for postgres");
+    assert!(row["total_xact_count"].parse::<u64>().unwrap() >= 1, "{out}");
+    assert!(row["total_query_count"].parse::<u64>().unwrap() >= 2, "{out}");
     let (_, out, _) = tokio::task::block_in_place(|| psql(&pg, port, "postgres", "SHOW POOLS"));
     let row = rows(&out).into_iter().find(|r| r["database"] == "postgres" && r["user"] == "app").expect("app's pool");
     assert_eq!((row["sv_active"].as_str(), row["sv_idle"].as_str()), ("0", "1"), "{out}");
