@@ -199,6 +199,7 @@ impl Proxy {
         let drain = loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break false,
+                _ = self.ctx.control.shutdown.notified() => break true,
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => break true,
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => {
                     if let Err(e) = crate::session::reload::reload(&self.ctx) {

@@ -153,6 +153,7 @@ fn command(ctx: &Context, text: &str) -> Result<Option<(Table, String)>, PgError
                 "SHOW PINS",
                 "SHOW REPLICAS",
                 "RELOAD",
+                "SHUTDOWN",
                 "PAUSE [db]",
                 "RESUME [db]",
                 "KILL id|db",
@@ -174,6 +175,11 @@ fn command(ctx: &Context, text: &str) -> Result<Option<(Table, String)>, PgError
         ["SHOW", "STATS"] => show(stats(ctx)),
         ["SHOW", "CACHE"] => show(cache(ctx)),
         ["SHOW", "PINS"] => show(pins(ctx)),
+        ["SHUTDOWN"] => {
+            // Drains as on SIGTERM (a stored permit: the signal loop may not be waiting yet).
+            ctx.control.shutdown.notify_one();
+            Ok(Some((Table::new(&[]), "SHUTDOWN".to_string())))
+        }
         ["RELOAD"] => match super::reload::reload(ctx) {
             Ok(_) => Ok(Some((Table::new(&[]), "RELOAD".to_string()))),
             Err(e) => Err(PgError::error(SqlState("F0000"), format!("pgweir: reload failed, nothing changed: {e}"))),

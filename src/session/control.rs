@@ -27,6 +27,8 @@ pub struct Control {
     pub busy: std::sync::atomic::AtomicUsize,
     /// Signalled when `busy` drops.
     pub idle: Notify,
+    /// SHUTDOWN from the admin console: the process drains as on SIGTERM.
+    pub shutdown: Notify,
 }
 
 impl Control {

@@ -287,3 +287,47 @@ async fn a_cancel_reaching_the_other_process_cancels_the_right_query() {
     assert_eq!(outcome.0, "57014", "the query was not canceled");
     assert!(outcome.1 < Duration::from_secs(10), "canceled only after {:?}", outcome.1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_from_the_admin_console_drains_and_exits() {
+    let pg = PgCluster::start(PgOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let toml = dir.path().join("pgweir.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nauth = \"trust\"\nadmin_users = [\"postgres\"]\n\
+             [clusters.default]\nprimary = \"postgres://postgres@127.0.0.1:{}\"\n",
+            pg.port()
+        ),
+    )
+    .unwrap();
+    let mut child = spawn_pgweir(&toml);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(crate::support::eventually(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()).await);
+    let out = Command::new(pg.bin("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "pgweir",
+            "-c",
+            "SHUTDOWN",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .expect("pgweir exited after SHUTDOWN")
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
