@@ -2,7 +2,11 @@
 //! (`handshake`), authentication (`auth`), choosing the pool, the parameter set the client sees
 //! (`params`), and the relay loop that checks a server out at the first message of a
 //! transaction and gives it back when ReadyForQuery says idle (`relay`). Cancel keys live in
-//! `cancel`. A session never outlives its client and never leaves state on a pooled server.
+//! `cancel`. Sharded and federated databases are routed per request (`sharded`; multi-shard
+//! requests in `scatter`, `merge_stream`, `copy_split`). The admin console (`admin`), PAUSE /
+//! KILL / drain state (`control`), RELOAD (`reload`) and the session's own state reporting
+//! (`presence`) sit beside it. A session never outlives its client and never leaves state on a
+//! pooled server.
 
 pub mod admin;
 pub mod auth;
@@ -15,6 +19,7 @@ mod invalidate;
 mod merge_stream;
 pub mod params;
 pub mod plan;
+mod presence;
 mod proto;
 mod proto_stmts;
 mod pump;

@@ -29,7 +29,7 @@ pub(super) struct Session<'a> {
     pub(super) ctx: &'a Context,
     pub(super) client: ClientConn,
     pub(super) login: Login,
-    cancel: CancelGuard<'a>,
+    pub(super) cancel: CancelGuard<'a>,
     pub(super) server: Option<Pooled>,
     pub(super) params: ClientParams,
     pub(super) proto: Proto,
@@ -58,10 +58,10 @@ pub(super) struct Session<'a> {
     pub(super) parse_only: bool,
     /// For `pgweir_client_connections` (None until logged in), and the pool it is counted in
     /// (SHOW POOLS).
-    state: Option<ClientState>,
-    state_pool: Option<Arc<ServerPool>>,
+    pub(super) state: Option<ClientState>,
+    pub(super) state_pool: Option<Arc<ServerPool>>,
     /// Counted in `control.busy` (holding a server, or inside a deferred BEGIN).
-    counted_busy: bool,
+    pub(super) counted_busy: bool,
     /// When the attached server was checked out.
     attached_at: std::time::Instant,
 }
@@ -381,53 +381,6 @@ impl<'a> Session<'a> {
             }
         }
         self.server = Some(server);
-    }
-
-    /// For `pgweir_client_connections`.
-    pub(super) fn set_state(&mut self, to: Option<ClientState>) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.state == to {
-            return;
-        }
-        fn counter(p: &ServerPool, s: ClientState) -> &std::sync::atomic::AtomicI64 {
-            match s {
-                ClientState::Waiting => &p.clients_waiting,
-                ClientState::Idle | ClientState::Active => &p.clients_active,
-            }
-        }
-        if let (Some(s), Some(p)) = (self.state, self.state_pool.take()) {
-            counter(&p, s).fetch_sub(1, Relaxed);
-        }
-        self.ctx.metrics.proxy.client(self.state, to);
-        self.state = to;
-        let code = match to {
-            Some(ClientState::Waiting) => 1,
-            Some(ClientState::Active) => 2,
-            _ => 0,
-        };
-        self.cancel.slot.state.store(code, Relaxed);
-        if let Some(s) = to {
-            let p = self.login.pool.clone();
-            counter(&p, s).fetch_add(1, Relaxed);
-            self.state_pool = Some(p);
-        }
-        self.sync_busy();
-    }
-
-    /// Keeps `control.busy` (what a draining shutdown waits for) in line with this session.
-    pub(super) fn sync_busy(&mut self) {
-        let want = self.state == Some(ClientState::Active) || self.deferred_begin.is_some();
-        if want == self.counted_busy {
-            return;
-        }
-        let control = &self.ctx.control;
-        if want {
-            control.busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        } else {
-            control.busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            control.idle.notify_waiters();
-        }
-        self.counted_busy = want;
     }
 
     /// Checks a server out for the request at the front of the client's buffer (or gives up

@@ -10,6 +10,26 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Writes a config file: `proxy` (the body of its `[proxy]` table, `listen` included), then
+/// `extra` tables, then the default cluster on `pg`.
+fn write_config(dir: &std::path::Path, name: &str, proxy: &str, extra: &str, pg: &PgCluster) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let text = format!(
+        "[proxy]\n{proxy}auth = \"trust\"\n{extra}[clusters.default]\nprimary = \"postgres://postgres@127.0.0.1:{}\"\n",
+        pg.port()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Waits until something accepts connections on `port` of 127.0.0.1.
+async fn wait_listening(port: u16) -> std::net::SocketAddr {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let up = crate::support::eventually(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()).await;
+    assert!(up, "pgweir did not start on port {port}");
+    addr
+}
+
 /// What happened to one transaction: its first statement ran, and whether COMMIT succeeded.
 #[derive(Debug)]
 struct Txn {
@@ -24,27 +44,10 @@ async fn sigterm_lets_open_transactions_finish() {
     pg.psql("postgres", "postgres", "create table drained (client int, n int, step int)");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let toml = dir.path().join("pgweir.toml");
-    std::fs::write(
-        &toml,
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nauth = \"trust\"\nshutdown_timeout = \"15s\"\n[pool]\nsize = 4\n\
-             [clusters.default]\nprimary = \"postgres://postgres@127.0.0.1:{}\"\n",
-            pg.port()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgweir"))
-        .args(["run", "--config"])
-        .arg(&toml)
-        .env("PGWEIR_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let up = crate::support::eventually(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()).await;
-    assert!(up, "pgweir did not start");
+    let listen = format!("listen = \"127.0.0.1:{port}\"\nshutdown_timeout = \"15s\"\n");
+    let toml = write_config(dir.path(), "pgweir.toml", &listen, "[pool]\nsize = 4\n", &pg);
+    let mut child = spawn_pgweir(&toml);
+    let addr = wait_listening(port).await;
 
     let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut clients = Vec::new();
@@ -131,19 +134,10 @@ async fn two_processes_share_a_port_and_one_drains_without_losing_transactions()
     pg.psql("postgres", "postgres", "create table handover (client int, n int, step int)");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let toml = dir.path().join("pgweir.toml");
-    std::fs::write(
-        &toml,
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nauth = \"trust\"\nreuse_port = true\nshutdown_timeout = \"15s\"\n\
-             [pool]\nsize = 4\n[clusters.default]\nprimary = \"postgres://postgres@127.0.0.1:{}\"\n",
-            pg.port()
-        ),
-    )
-    .unwrap();
+    let listen = format!("listen = \"127.0.0.1:{port}\"\nreuse_port = true\nshutdown_timeout = \"15s\"\n");
+    let toml = write_config(dir.path(), "pgweir.toml", &listen, "[pool]\nsize = 4\n", &pg);
     let mut a = spawn_pgweir(&toml);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(crate::support::eventually(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()).await);
+    let addr = wait_listening(port).await;
     let mut b = spawn_pgweir(&toml);
     // B shares the port (it would fail to bind otherwise and exit).
     tokio::time::timeout(Duration::from_secs(5), async {
@@ -225,27 +219,13 @@ async fn a_cancel_reaching_the_other_process_cancels_the_right_query() {
     let pg = PgCluster::start(PgOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let (shared, own_a, own_b) = (free_port(), free_port(), free_port());
-    let write = |name: &str, own: u16, peer: u16| {
-        let path = dir.path().join(name);
-        std::fs::write(
-            &path,
-            format!(
-                "[proxy]\nlisten = [\"127.0.0.1:{shared}\", \"127.0.0.1:{own}\"]\nauth = \"trust\"\nreuse_port = true\n\
-                 peers = [\"127.0.0.1:{peer}\"]\n[clusters.default]\nprimary = \"postgres://postgres@127.0.0.1:{}\"\n",
-                pg.port()
-            ),
-        )
-        .unwrap();
-        path
+    let proxy = |own: u16, peer: u16| {
+        format!("listen = [\"127.0.0.1:{shared}\", \"127.0.0.1:{own}\"]\nreuse_port = true\npeers = [\"127.0.0.1:{peer}\"]\n")
     };
-    let mut a = spawn_pgweir(&write("a.toml", own_a, own_b));
-    let mut b = spawn_pgweir(&write("b.toml", own_b, own_a));
-    for port in [own_a, own_b] {
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        assert!(
-            crate::support::eventually(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()).await
-        );
-    }
+    let mut a = spawn_pgweir(&write_config(dir.path(), "a.toml", &proxy(own_a, own_b), "", &pg));
+    let mut b = spawn_pgweir(&write_config(dir.path(), "b.toml", &proxy(own_b, own_a), "", &pg));
+    wait_listening(own_a).await;
+    wait_listening(own_b).await;
     // A client of A runs a long query; its CancelRequest arrives at B.
     let a_addr: std::net::SocketAddr = format!("127.0.0.1:{own_a}").parse().unwrap();
     let mut client = tokio::task::spawn_blocking(move || {
@@ -293,19 +273,9 @@ async fn shutdown_from_the_admin_console_drains_and_exits() {
     let pg = PgCluster::start(PgOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let toml = dir.path().join("pgweir.toml");
-    std::fs::write(
-        &toml,
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nauth = \"trust\"\nadmin_users = [\"postgres\"]\n\
-             [clusters.default]\nprimary = \"postgres://postgres@127.0.0.1:{}\"\n",
-            pg.port()
-        ),
-    )
-    .unwrap();
-    let mut child = spawn_pgweir(&toml);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(crate::support::eventually(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()).await);
+    let listen = format!("listen = \"127.0.0.1:{port}\"\nadmin_users = [\"postgres\"]\n");
+    let mut child = spawn_pgweir(&write_config(dir.path(), "pgweir.toml", &listen, "", &pg));
+    wait_listening(port).await;
     let out = Command::new(pg.bin("psql"))
         .args([
             "-X",
