@@ -66,7 +66,7 @@ impl Proxy {
             }
         }
         let rule_names: Vec<String> = config.cache.rules.iter().map(|r| r.name.clone()).collect();
-        let metrics = Arc::new(crate::metrics::Metrics::new(&rule_names));
+        let metrics = Arc::new(crate::metrics::Metrics::new(&rule_names, config.top_queries));
         let cache = if config.cache.rules.is_empty() && !config.cache.hints && config.cache.redis_url.is_none() {
             None
         } else {

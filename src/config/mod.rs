@@ -277,6 +277,10 @@ pub struct Config {
     pub cache: CacheSettings,
     /// Where `/metrics` is served (None: nowhere).
     pub metrics_listen: Option<SocketAddr>,
+    /// Statement shapes SHOW QUERIES keeps (`metrics.top_queries`, 0 = off).
+    pub top_queries: usize,
+    /// Requests slower than this are logged (`metrics.slow_query`, zero = off).
+    pub slow_query: Duration,
     /// The file and command-line overrides this was read from (RELOAD and SIGHUP read them
     /// again); None when built from text.
     pub origin: Option<(PathBuf, Overrides)>,

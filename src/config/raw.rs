@@ -65,6 +65,8 @@ pub struct RawCacheRule {
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     pub listen: Option<Spanned<String>>,
+    pub top_queries: Option<Spanned<u64>>,
+    pub slow_query: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -390,9 +390,14 @@ impl Validator<'_> {
             })?),
         };
 
+        let top_queries = raw.metrics.top_queries.as_ref().map_or(1000, |v| *v.get_ref() as usize);
+        let slow_query = self.duration(&raw.metrics.slow_query, "metrics.slow_query", Duration::ZERO)?;
+
         Ok(Config {
             cache,
             metrics_listen,
+            top_queries,
+            slow_query,
             origin: None,
             routing,
             listen,

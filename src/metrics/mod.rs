@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod proxy;
+pub mod queries;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -115,14 +116,17 @@ pub struct Metrics {
     pub registry: Registry,
     pub cache: CacheMetrics,
     pub proxy: proxy::ProxyMetrics,
+    /// Top statements by fingerprint (SHOW QUERIES).
+    pub queries: queries::QueryStats,
 }
 
 impl Metrics {
-    pub fn new(cache_rules: &[String]) -> Metrics {
+    /// `top_queries`: statement shapes SHOW QUERIES keeps (0 = off).
+    pub fn new(cache_rules: &[String], top_queries: usize) -> Metrics {
         let registry = Registry::new();
         let cache = CacheMetrics::new(&registry, cache_rules);
         let proxy = proxy::ProxyMetrics::new(&registry);
-        Metrics { registry, cache, proxy }
+        Metrics { registry, cache, proxy, queries: queries::QueryStats::new(top_queries) }
     }
 
     /// The text exposition of every metric.

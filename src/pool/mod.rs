@@ -14,6 +14,7 @@ use crate::config::PoolMode;
 
 pub mod topology;
 use crate::net::is_idle_and_open;
+use crate::server::registry::ServerList;
 use crate::server::{connect, ServerConn, ServerError, Target};
 use crate::wire::{PgError, SqlState};
 
@@ -23,6 +24,14 @@ pub struct Manager {
     pub lifetime: Duration,
     /// ParameterStatus values of a fresh connection: what a client that sets nothing should see.
     pub defaults: OnceLock<HashMap<String, String>>,
+    /// The pool's open connections (SHOW SERVERS).
+    pub servers: Arc<ServerList>,
+}
+
+impl Manager {
+    pub fn new(target: Arc<Target>, lifetime: Duration) -> Manager {
+        Manager { target, lifetime, defaults: OnceLock::new(), servers: Arc::default() }
+    }
 }
 
 impl managed::Manager for Manager {
@@ -30,8 +39,12 @@ impl managed::Manager for Manager {
     type Error = ServerError;
 
     async fn create(&self) -> Result<ServerConn, ServerError> {
-        let conn = connect(&self.target).await?;
+        let mut conn = connect(&self.target).await?;
         let _ = self.defaults.set(conn.params.clone());
+        let tcp = conn.stream.tcp();
+        let (peer, local) = (tcp.peer_addr().ok(), tcp.local_addr().ok());
+        let tls = conn.stream.is_tls();
+        conn.registered = Some(self.servers.register(conn.id, peer, local, conn.cancel_key.pid, tls));
         Ok(conn)
     }
 
@@ -49,7 +62,46 @@ impl managed::Manager for Manager {
     }
 }
 
-pub type Pooled = managed::Object<Manager>;
+/// A checked-out server connection. It shows as active in SHOW SERVERS until it is dropped
+/// (returned to its pool) or discarded.
+pub struct Pooled(Option<managed::Object<Manager>>);
+
+impl Pooled {
+    fn new(conn: managed::Object<Manager>) -> Pooled {
+        if let Some(r) = &conn.registered {
+            r.slot.checked_out();
+        }
+        Pooled(Some(conn))
+    }
+
+    /// Records the client (its SHOW CLIENTS id) now holding this connection.
+    pub fn link(&self, client: i32) {
+        if let Some(r) = &self.registered {
+            r.slot.link(client);
+        }
+    }
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
+        self.0.as_ref().expect("a Pooled holds its connection until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        self.0.as_mut().expect("a Pooled holds its connection until dropped")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.as_ref().and_then(|c| c.registered.as_ref()) {
+            r.slot.returned();
+        }
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum CheckoutError {
@@ -204,6 +256,11 @@ impl ServerPool {
         &self.pool.manager().target
     }
 
+    /// The pool's open server connections.
+    pub fn servers(&self) -> Vec<Arc<crate::server::registry::ServerSlot>> {
+        self.pool.manager().servers.all()
+    }
+
     pub fn defaults(&self) -> Option<&HashMap<String, String>> {
         self.pool.manager().defaults.get()
     }
@@ -218,7 +275,7 @@ impl ServerPool {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let timeouts = Timeouts { wait: Some(left), create: None, recycle: None };
             match self.pool.timeout_get(&timeouts).await {
-                Ok(c) => return Ok(c),
+                Ok(c) => return Ok(Pooled::new(c)),
                 Err(PoolError::Timeout(_)) => {
                     return Err(CheckoutError::WaitTimeout {
                         pool: self.name.clone(),
@@ -285,8 +342,10 @@ impl ServerPool {
 }
 
 /// Drops a checked-out connection instead of returning it (it cannot be trusted).
-pub fn discard(conn: Pooled) {
-    let _ = managed::Object::take(conn);
+pub fn discard(mut conn: Pooled) {
+    if let Some(c) = conn.0.take() {
+        let _ = managed::Object::take(c);
+    }
 }
 
 /// All pools, created on first use.

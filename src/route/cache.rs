@@ -57,6 +57,44 @@ pub fn fingerprint(sql: &str) -> u64 {
     hash_key(&key)
 }
 
+/// [`fingerprint`] with the caller's buffers (no allocation once they have grown); the
+/// literals' byte ranges are left in `literals`, in order.
+pub fn fingerprint_into(sql: &str, key: &mut Vec<u8>, literals: &mut Vec<(usize, usize)>) -> u64 {
+    key.clear();
+    literals.clear();
+    key.push(match hint(sql) {
+        None => 0,
+        Some(Route::Primary) => 1,
+        Some(Route::Replica) => 2,
+    });
+    super::lexer::normalize_into(sql, key, literals);
+    hash_key(key)
+}
+
+/// `sql` with every literal (at `literals`, as [`fingerprint_into`] leaves them) shown as `?`,
+/// cut to `max` bytes at a character boundary: what may be shown of a statement without its values.
+pub fn without_literals(sql: &str, literals: &[(usize, usize)], max: usize) -> String {
+    let mut out = String::with_capacity(sql.len().min(max));
+    let mut at = 0;
+    for &(start, end) in literals {
+        if start < at || end > sql.len() {
+            break;
+        }
+        out.push_str(&sql[at..start]);
+        out.push('?');
+        at = end;
+    }
+    out.push_str(&sql[at..]);
+    if out.len() > max {
+        let mut cut = max;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
+}
+
 struct Entry {
     key: Box<[u8]>,
     class: Classification,
@@ -118,5 +156,33 @@ impl ClassifyCache {
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_into_matches_fingerprint_and_reports_literals() {
+        let (mut key, mut lits) = (Vec::new(), Vec::new());
+        let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 42 AND n = 'x''y'";
+        assert_eq!(fingerprint_into(sql, &mut key, &mut lits), fingerprint(sql));
+        assert_eq!(lits.len(), 2);
+        assert_eq!(without_literals(sql, &lits, 1000), "SELECT abalance FROM pgbench_accounts WHERE aid = ? AND n = ?");
+        let other = "select abalance from pgbench_accounts where aid = 7 and n = 'z'";
+        assert_eq!(fingerprint_into(other, &mut key, &mut lits), fingerprint(sql), "same shape, reused buffers");
+        assert_ne!(fingerprint_into("/* pgweir: replica */ SELECT 1", &mut key, &mut lits), fingerprint("SELECT 1"));
+    }
+
+    #[test]
+    fn without_literals_cuts_at_a_character_boundary() {
+        let sql = "SELECT 'ééé', 'x' -- ünïcode";
+        let mut lits = Vec::new();
+        fingerprint_into(sql, &mut Vec::new(), &mut lits);
+        let shown = without_literals(sql, &lits, 12);
+        assert!(shown.len() <= 12 && shown.starts_with("SELECT ?, ?"), "{shown}");
+        assert_eq!(without_literals("SELECT 'ab'", &[(7, 11)], 1000), "SELECT ?");
+        assert_eq!(without_literals("é", &[], 1), "", "never splits a character");
     }
 }

@@ -104,6 +104,7 @@ async fn connect_inner(target: &Target, addr: &str) -> Result<ServerConn, Server
         broken: false,
         created: Instant::now(),
         id: target.next_id.fetch_add(1, Ordering::Relaxed),
+        registered: None,
     };
     let mut out = BytesMut::new();
     // No application_name: the pool's defaults must be what a client that sets none would see

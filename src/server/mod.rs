@@ -5,6 +5,7 @@
 
 mod connect;
 pub mod prepared;
+pub mod registry;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -108,6 +109,8 @@ pub struct ServerConn {
     pub broken: bool,
     pub created: Instant,
     pub id: u64,
+    /// Its place in its pool's list of open connections (None outside a pool).
+    pub registered: Option<registry::Registration>,
 }
 
 /// The result of one of the proxy's own exchanges under `CONTROL_TIMEOUT`: any failure marks the

@@ -24,6 +24,7 @@ pub(super) enum CacheStep {
 impl Session<'_> {
     pub(super) async fn cache_request(&mut self) -> CacheStep {
         let Some(cache) = self.ctx.cache.clone() else { return CacheStep::Pass };
+        let started = std::time::Instant::now();
         if self.login.mode != PoolMode::Transaction
             || self.deferred_begin.is_some()
             || self.server.is_some()
@@ -75,6 +76,8 @@ impl Session<'_> {
         match cache.lookup(&ask, matched, &facts).await {
             Lookup::Hit(stored) => {
                 request::respond(&mut self.client.wbuf, shape, &stored);
+                let took = started.elapsed();
+                self.proto.timing.answered(&text, crate::metrics::proxy::RouteLabel::Cache, took);
                 self.client.rbuf.advance(len);
                 CacheStep::Answered
             }

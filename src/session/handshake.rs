@@ -315,7 +315,7 @@ fn pool_for(
             next_id: Arc::clone(&ctx.next_server_id),
             prepared_cap: ctx.config.prepared.server_cache_size,
         };
-        let manager = Manager { target: Arc::new(target), lifetime: p.lifetime, defaults: Default::default() };
+        let manager = Manager::new(Arc::new(target), p.lifetime);
         ServerPool::new(
             format!("{key}/{user}"),
             spec.mode,

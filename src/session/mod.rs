@@ -31,6 +31,7 @@ mod scatter;
 mod sharded;
 pub mod state;
 pub mod stmts;
+mod timing;
 pub mod welcome;
 
 use std::collections::HashMap;

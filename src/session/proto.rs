@@ -108,6 +108,8 @@ pub struct Proto {
     pub queries: u64,
     /// For errors by SQLSTATE class.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Request timing (SHOW QUERIES, slow-query log, request spans).
+    pub timing: super::timing::Timing,
 }
 
 impl Proto {
@@ -147,6 +149,7 @@ impl Proto {
             begin_pending: false,
             queries: 0,
             metrics: None,
+            timing: super::timing::Timing::new(None, std::time::Duration::ZERO),
         }
     }
 
@@ -263,6 +266,7 @@ impl Proto {
         if self.client_skip {
             if t == tag::SYNC {
                 self.client_skip = false;
+                self.timing.sync();
                 self.plan.client(Unit::Sync);
                 self.to_server.extend_from_slice(frame);
             }
@@ -317,12 +321,21 @@ impl Proto {
                     return;
                 }
                 let fx = (!flat.is_empty()).then(|| Box::new(QueryFx::new(per_stmt)));
+                self.timing.query(&text);
                 forward(self, Some(Unit::Query(fx)));
             }
-            tag::QUERY => forward(self, Some(Unit::Query(None))),
+            tag::QUERY => {
+                if self.timing.on() {
+                    self.timing.query(&String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)));
+                }
+                forward(self, Some(Unit::Query(None)))
+            }
             tag::FUNCTION_CALL => forward(self, Some(Unit::FunctionCall)),
             tag::SYNC if self.plan.copy_in => forward(self, None),
-            tag::SYNC => forward(self, Some(Unit::Sync)),
+            tag::SYNC => {
+                self.timing.sync();
+                forward(self, Some(Unit::Sync))
+            }
             tag::EXECUTE if self.rewrite => {
                 let portal = crate::wire::frame::cstr(body).map(|(p, _)| p).unwrap_or(b"");
                 let fx = self
@@ -336,15 +349,24 @@ impl Proto {
                         return;
                     }
                 }
+                self.timing.execute();
                 forward(self, Some(Unit::Execute(fx.map(Box::new))));
             }
-            tag::EXECUTE => forward(self, Some(Unit::Execute(None))),
+            tag::EXECUTE => {
+                self.timing.execute();
+                forward(self, Some(Unit::Execute(None)))
+            }
             tag::COPY_DONE | tag::COPY_FAIL => {
                 forward(self, None);
                 self.plan.copy_end();
             }
             tag::PARSE if self.rewrite => self.client_parse(frame, body, server, params, split),
-            tag::PARSE => forward(self, Some(Unit::Parse { global: None, client: None })),
+            tag::PARSE => {
+                if let Some(p) = stmts::parse_parse(body).filter(|_| self.timing.on()) {
+                    self.timing.parse(&String::from_utf8_lossy(p.query));
+                }
+                forward(self, Some(Unit::Parse { global: None, client: None }))
+            }
             tag::BIND if self.rewrite => {
                 if frame.len() == total {
                     if let Some(err) = self.bind_refusal(body) {
@@ -464,6 +486,14 @@ impl Proto {
                         }
                         Event::Ready(status) => {
                             self.state.ready(status);
+                            if self.plan.quiet() {
+                                use crate::metrics::proxy::RouteLabel;
+                                self.timing.finish(if self.on_replica {
+                                    RouteLabel::Replica
+                                } else {
+                                    RouteLabel::Primary
+                                });
+                            }
                             // No transaction open and no batch half-sent: no portal can depend
                             // on a statement any more. Statements bound by requests already
                             // forwarded are used before any Close queued from now on (the

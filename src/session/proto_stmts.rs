@@ -58,6 +58,7 @@ impl Proto {
                 global,
                 effects: effects(&text),
                 read: split.is_some_and(|ctx| super::routing::is_read(ctx, &text)),
+                shape: self.timing.shape(&text),
             });
             match self.stmts.define(p.name, def) {
                 Ok(()) => client.wbuf.extend_from_slice(stmts::PARSE_COMPLETE),
@@ -91,6 +92,7 @@ impl Proto {
         let read = split.is_some_and(|ctx| super::routing::is_read(ctx, &text));
         self.wrote |= split.is_some() && !read;
         if p.name.is_empty() {
+            self.timing.parse(&text);
             if self.shard_check.is_some() {
                 self.unnamed_text = Some(text.to_string());
             }
@@ -106,6 +108,7 @@ impl Proto {
             global: global.clone(),
             effects: fx,
             read,
+            shape: self.timing.shape(&text),
         });
         let name = p.name.to_string();
         if let Err(e) = self.stmts.define(&name, def.clone()) {
@@ -135,6 +138,7 @@ impl Proto {
         }
         let (portal, stmt) = (portal.to_string(), stmt.to_string());
         let Some(def) = self.lookup(&stmt) else { return };
+        self.timing.bind(def.shape.as_ref());
         self.wrote |= !def.read;
         self.bind_portal(&portal, def.effects.clone());
         self.ensure_prepared(&def, server);

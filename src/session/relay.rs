@@ -106,6 +106,7 @@ impl<'a> Session<'a> {
                 let mut p = Proto::new(cfg.max_message_size, rewrite, stmts);
                 p.cache = ctx.cache.clone();
                 p.metrics = Some(ctx.metrics.clone());
+                p.timing = super::timing::Timing::new(Some(ctx.metrics.clone()), cfg.slow_query);
                 p
             },
             cflush: false,
@@ -229,6 +230,7 @@ impl<'a> Session<'a> {
                 Attached::Invalidate => self.invalidate_due().await,
                 Attached::ClientGone | Attached::Terminate => return self.finish_server().await,
                 Attached::Retry(cause) => {
+                    self.proto.timing.abandon();
                     self.set_state(Some(ClientState::Idle));
                     let member = self.member;
                     self.detach_member();
@@ -251,6 +253,7 @@ impl<'a> Session<'a> {
                     tracing::debug!(?cause, "running a read again elsewhere");
                 }
                 Attached::ServerGone => {
+                    self.proto.timing.abandon();
                     self.set_state(Some(ClientState::Idle));
                     self.settle_writes_later();
                     self.proto.cstate.fill = None;
@@ -364,6 +367,7 @@ impl<'a> Session<'a> {
     }
 
     fn attach(&mut self, mut server: Pooled, pool: Arc<ServerPool>, member: Member) {
+        server.link(self.cancel.pid);
         self.proto.attach(server.status);
         self.attached_at = std::time::Instant::now();
         self.proto.on_replica = matches!(member, Member::Replica(_));
@@ -434,6 +438,7 @@ impl<'a> Session<'a> {
             };
             let m = &self.ctx.metrics.proxy;
             let waited_for = wait_start.elapsed();
+            self.proto.timing.waited(waited_for);
             m.pool_wait_seconds.observe(waited_for.as_secs_f64());
             pool.stats.wait_us.fetch_add(waited_for.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
             if waited {

@@ -182,7 +182,9 @@ impl Session<'_> {
         // while waiting for the other's can never happen (every session waits in one order).
         let mut legs = Vec::with_capacity(pools.len());
         for p in &pools {
-            legs.push(p.checkout().await.map_err(|e| e.to_pg())?);
+            let leg = p.checkout().await.map_err(|e| e.to_pg())?;
+            leg.link(self.cancel.pid);
+            legs.push(leg);
         }
         for server in legs.iter_mut() {
             if let Some((sql, next)) = self.params.sync_sql(&server.params, &server.applied) {

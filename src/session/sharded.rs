@@ -151,6 +151,7 @@ impl Session<'_> {
             }
             multi => {
                 let started = std::time::Instant::now();
+                let shown = items.first().filter(|_| self.proto.timing.on()).map(|i| i.text.clone());
                 let step = match multi {
                     Decision::Scatter(targets) => {
                         let Some(item) = items.into_iter().next() else { return ShardStep::Go };
@@ -163,8 +164,11 @@ impl Session<'_> {
                     }
                     Decision::Any | Decision::One(_) => return ShardStep::Go,
                 };
-                let m = &self.ctx.metrics.proxy;
-                m.answered(crate::metrics::proxy::RouteLabel::Shard, started.elapsed().as_secs_f64());
+                let took = started.elapsed();
+                self.ctx.metrics.proxy.answered(crate::metrics::proxy::RouteLabel::Shard, took.as_secs_f64());
+                if let Some(text) = shown {
+                    self.proto.timing.answered(&text, crate::metrics::proxy::RouteLabel::Shard, took);
+                }
                 step
             }
         }

@@ -23,6 +23,8 @@ pub struct StatementDef {
     pub effects: Vec<crate::route::session_sql::Effect>,
     /// It may run on a replica.
     pub read: bool,
+    /// Its fingerprint and literal-free text (when request timing is on).
+    pub shape: Option<super::timing::Shape>,
 }
 
 /// A client's statements: its name → the shared definition.
@@ -247,6 +249,7 @@ mod tests {
                 parse_frame: parse_frame(g, b"select 1", b"\0\0"),
                 effects: vec![],
                 read: false,
+                shape: None,
             })
         };
         let mut c = ClientStatements::new(2, 1 << 20);

@@ -30,6 +30,43 @@ fn rows(out: &str) -> Vec<std::collections::HashMap<String, String>> {
     out.lines().skip(1).map(|l| cols.iter().cloned().zip(l.split('|').map(str::to_string)).collect()).collect()
 }
 
+/// PgBouncer's SHOW SERVERS columns, then PgWeir's connection id.
+const SERVER_COLUMNS: &[&str] = &[
+    "type",
+    "user",
+    "database",
+    "state",
+    "addr",
+    "port",
+    "local_addr",
+    "local_port",
+    "connect_time",
+    "request_time",
+    "wait",
+    "wait_us",
+    "close_needed",
+    "ptr",
+    "link",
+    "remote_pid",
+    "tls",
+    "application_name",
+    "id",
+];
+
+const QUERY_COLUMNS: &[&str] = &[
+    "fingerprint",
+    "calls",
+    "total_ms",
+    "mean_ms",
+    "max_ms",
+    "route",
+    "primary",
+    "replica",
+    "cache",
+    "shard",
+    "query",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_console_answers_show_commands_for_admins_only() {
     let pg = PgCluster::start(PgOptions::default());
@@ -107,6 +144,8 @@ async fn admin_console_answers_show_commands_for_admins_only() {
         ),
         ("SHOW CACHE", &["rule", "hits", "misses", "served_bytes", "stored_bytes", "refusal", "refusals"]),
         ("SHOW PINS", &["pool", "pinned_now", "max_pinned"]),
+        ("SHOW SERVERS", SERVER_COLUMNS),
+        ("SHOW QUERIES", QUERY_COLUMNS),
     ];
     for (cmd, cols) in expect {
         let pg = &pg;
@@ -238,4 +277,66 @@ async fn reload_applies_a_new_pool_size_under_load() {
     let (ok, _, err) = tokio::task::block_in_place(|| psql(&pg, port, "postgres", "RELOAD"));
     assert!(!ok && err.contains("reload failed"), "{err}");
     assert_eq!(tokio::task::block_in_place(|| size_of(&pg)), "5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_servers_and_show_queries_follow_the_traffic() {
+    let pg = PgCluster::start(PgOptions::default());
+    let toml = "[proxy]\nauth = \"trust\"\nadmin_users = [\"postgres\"]\n[pool]\nsize = 3\n";
+    let proxy = start_proxy(&pg, toml).await;
+    let port = proxy.local_addr().port();
+    let show = |cmd: &str| {
+        let (ok, out, err) = tokio::task::block_in_place(|| psql(&pg, port, "postgres", cmd));
+        assert!(ok, "{cmd}: {err}");
+        out
+    };
+
+    // A client inside a transaction holds a server: SHOW SERVERS says so, with the backend's
+    // pid and the client it is linked to.
+    let mut cfg = crate::support::client_config(proxy.local_addr(), "app", None, "postgres");
+    cfg.application_name("holder");
+    let (c, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c.batch_execute("BEGIN").await.unwrap();
+    let pid = crate::support::scalar(&c, "select pg_backend_pid()").await.unwrap();
+    let out = show("SHOW SERVERS");
+    assert_eq!(columns(&out), SERVER_COLUMNS);
+    let servers = rows(&out);
+    let row = servers.iter().find(|r| r["remote_pid"] == pid).unwrap_or_else(|| panic!("backend {pid}: {out}"));
+    assert_eq!((row["type"].as_str(), row["user"].as_str(), row["database"].as_str()), ("S", "app", "postgres"));
+    assert_eq!(row["state"], "active", "{out}");
+    assert_eq!(row["addr"], "127.0.0.1");
+    assert_eq!(row["port"], pg.port().to_string());
+    let clients = rows(&show("SHOW CLIENTS"));
+    let holder = clients.iter().find(|r| r["application_name"] == "holder").expect("the holder is listed");
+    assert_eq!(row["link"], holder["ptr"], "linked to the client holding it");
+    c.batch_execute("COMMIT").await.unwrap();
+    let servers = rows(&show("SHOW SERVERS"));
+    let row = servers.iter().find(|r| r["remote_pid"] == pid).expect("the connection stays pooled");
+    assert_eq!((row["state"].as_str(), row["link"].as_str()), ("idle", ""), "returned to the pool");
+
+    // SHOW QUERIES: statements by shape, literals never shown; simple and extended protocol.
+    for n in 1..=3 {
+        c.simple_query(&format!("SELECT {n} + 40 AS answer")).await.unwrap();
+    }
+    for n in 0..2i32 {
+        c.query("select $1::int + 7 as seven", &[&n]).await.unwrap();
+    }
+    c.batch_execute("select pg_sleep(0.05)").await.unwrap();
+    let out = show("SHOW QUERIES");
+    assert_eq!(columns(&out), QUERY_COLUMNS);
+    let qs = rows(&out);
+    let by_text = |t: &str| qs.iter().find(|r| r["query"] == t).unwrap_or_else(|| panic!("no \"{t}\" in {out}"));
+    let simple = by_text("SELECT ? + ? AS answer");
+    assert_eq!((simple["calls"].as_str(), simple["route"].as_str(), simple["primary"].as_str()), ("3", "primary", "3"));
+    let fp = u64::from_str_radix(&simple["fingerprint"], 16).expect("16 hex digits");
+    assert_eq!(fp, pgweir::route::classify::fingerprint("select 9 + 9 as answer"), "the cache rules' fingerprint");
+    let ext = by_text("select $1::int + ? as seven");
+    assert_eq!(ext["calls"], "2", "executions counted, not the prepare: {out}");
+    let slow = by_text("select pg_sleep(?)");
+    assert!(slow["mean_ms"].parse::<f64>().unwrap() >= 50.0, "{out}");
+    assert!(slow["max_ms"].parse::<f64>().unwrap() >= slow["mean_ms"].parse::<f64>().unwrap());
+    assert!(!out.contains("40 AS"), "a literal leaked: {out}");
+    // Ordered by total time: the sleep first.
+    assert_eq!(qs[0]["query"], "select pg_sleep(?)", "{out}");
 }
