@@ -1,7 +1,6 @@
 //! Wires the proxy together: config → TLS, pools, auth source; the listeners and their accept
 //! loops; the pool maintenance timer; shutdown. Nothing below imports this module.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -14,9 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, ServerTls};
+use crate::config::Config;
 use crate::net::tls;
-use crate::pool::topology::{self, MonitorLogin, Topology};
 use crate::pool::Pools;
 use crate::session::{self, auth::AuthSource, cancel::CancelRegistry, Context};
 use crate::wire::{PgError, SqlState};
@@ -51,20 +49,6 @@ impl Proxy {
             (Some(c), Some(k)) => Some(tls::acceptor(c, k)?),
             _ => None,
         };
-        let mut server_tls = HashMap::new();
-        for (name, c) in &config.clusters {
-            let connector = match c.tls {
-                ServerTls::Disable => None,
-                ServerTls::Verify(v) => Some(tls::connector(v, c.ca_file.as_deref())?),
-            };
-            server_tls.insert(name.clone(), connector);
-        }
-        let mut topologies = HashMap::new();
-        for (name, c) in &config.clusters {
-            if !c.replicas.is_empty() {
-                topologies.insert(name.clone(), Arc::new(Topology::new(c, &config.routing)));
-            }
-        }
         let rule_names: Vec<String> = config.cache.rules.iter().map(|r| r.name.clone()).collect();
         let metrics = Arc::new(crate::metrics::Metrics::new(&rule_names, config.top_queries));
         let cache = if config.cache.rules.is_empty() && !config.cache.hints && config.cache.redis_url.is_none() {
@@ -73,11 +57,13 @@ impl Proxy {
             let c = crate::cache::Cache::new(&config.cache, metrics.cache.clone()).map_err(AppError::Cache)?;
             Some(Arc::new(c))
         };
+        let (stop, stop_rx) = watch::channel(false);
+        let clusters = crate::session::clusters::Clusters::start(&config, stop_rx.clone())?;
         let ctx = Arc::new(Context {
             live: std::sync::RwLock::new(config.clone()),
             cache,
             metrics,
-            topologies,
+            clusters,
             control: Default::default(),
             started: std::time::Instant::now(),
             classifier: std::sync::Mutex::new(crate::route::classify::ClassifyCache::new(CLASSIFY_CACHE)),
@@ -86,11 +72,9 @@ impl Proxy {
             pools: Pools::default(),
             cancels: CancelRegistry::default(),
             tls: client_tls,
-            server_tls,
             next_server_id: Arc::new(AtomicU64::new(1)),
             welcomes: Default::default(),
         });
-        let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();
         let mut addrs_metrics = None;
@@ -101,11 +85,6 @@ impl Proxy {
             tracing::info!(addr = %local, "listening");
             addrs.push(local);
             tasks.spawn(accept_loop(listener, ctx.clone(), limit.clone(), stop_rx.clone()));
-        }
-        for (name, top) in &ctx.topologies {
-            let cluster = config.clusters[name].clone();
-            let probes = monitor_probes(&config, &cluster, ctx.server_tls.get(name).cloned().flatten())?;
-            tasks.spawn(topology::monitor(top.clone(), cluster, probes, stop_rx.clone()));
         }
         if let Some(c) = &ctx.cache {
             tasks.spawn(c.store().clone().follow_invalidations(stop_rx.clone()));
@@ -219,50 +198,6 @@ impl Proxy {
 
 /// The monitor's login: configured, else the upstream URL's user, else auth_query's, else
 /// `postgres` without a password.
-fn monitor_login(config: &Config, cluster: &str) -> MonitorLogin {
-    let r = &config.routing;
-    if let Some(u) = &r.monitor_user {
-        return MonitorLogin { user: u.clone(), password: r.monitor_password.clone() };
-    }
-    let primary = &config.clusters[cluster].primary;
-    if let Some(u) = &primary.user {
-        return MonitorLogin { user: u.clone(), password: primary.password.clone() };
-    }
-    if let Some(q) = &config.auth_query {
-        return MonitorLogin { user: q.user.clone(), password: q.password.clone() };
-    }
-    MonitorLogin { user: "postgres".into(), password: None }
-}
-
-/// One probe per member (primary first), logging in as `monitor_login` over the cluster's TLS.
-fn monitor_probes(
-    config: &Config,
-    cluster: &crate::config::Cluster,
-    tls: Option<tokio_rustls::TlsConnector>,
-) -> Result<Vec<topology::Probe>, AppError> {
-    let login = monitor_login(config, &cluster.name);
-    let mut probes = Vec::new();
-    for ep in std::iter::once(&cluster.primary).chain(&cluster.replicas) {
-        let tls = match &tls {
-            Some(c) => Some((c.clone(), tls::server_name(&ep.host)?)),
-            None => None,
-        };
-        let credentials = login.password.clone().map(crate::server::Credentials::Password).unwrap_or_default();
-        probes.push(topology::Probe::new(crate::server::Target {
-            host: ep.host.clone(),
-            port: ep.port,
-            user: login.user.clone(),
-            dbname: "postgres".into(),
-            credentials: std::sync::Mutex::new(credentials),
-            tls,
-            connect_timeout: Duration::from_secs(2),
-            next_id: Arc::new(AtomicU64::new(1)),
-            prepared_cap: 1,
-        }));
-    }
-    Ok(probes)
-}
-
 async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, limit: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
@@ -319,13 +254,24 @@ fn scrape(ctx: &Context) {
         c.metrics.l1_bytes.set(c.store().l1_bytes() as i64);
     }
     m.server_connections.reset();
+    m.server_prepared.reset();
     for pool in ctx.pools.all() {
         let s = pool.status();
         let idle = s.available as i64;
         m.server_connections.with_label_values(&[&pool.name, "idle"]).set(idle);
         m.server_connections.with_label_values(&[&pool.name, "active"]).set(s.size as i64 - idle);
+        let prepared: u64 = pool.servers().iter().map(|s| s.prepared()).sum();
+        m.server_prepared.with_label_values(&[&pool.name]).set(prepared as i64);
     }
-    for (name, top) in &ctx.topologies {
+    for (name, top) in &ctx.clusters.topologies() {
+        for (member, failures) in top.check_failures.iter().enumerate() {
+            let label = if member == 0 { "primary".to_string() } else { format!("replica{}", member - 1) };
+            let c = m.health_check_failures.with_label_values(&[name, &label]);
+            let now = failures.load(std::sync::atomic::Ordering::Relaxed);
+            if now > c.get() {
+                c.inc_by(now - c.get());
+            }
+        }
         let primary = top.primary_lsn.load(std::sync::atomic::Ordering::Relaxed);
         for (i, r) in top.replicas.iter().enumerate() {
             let replay = r.replay_lsn.load(std::sync::atomic::Ordering::Relaxed);
@@ -340,8 +286,8 @@ fn scrape(ctx: &Context) {
 /// Ready when every cluster's primary can be reached: by the monitor's view where a cluster is
 /// monitored, else by opening a TCP connection to it (1 s at most).
 async fn primaries_reachable(ctx: &Context) -> bool {
-    for (name, cluster) in &ctx.config.clusters {
-        let up = match ctx.topologies.get(name) {
+    for (name, cluster) in &ctx.live_config().clusters {
+        let up = match ctx.clusters.get(name).and_then(|c| c.topology.clone()) {
             Some(top) => !top.primary_down.load(std::sync::atomic::Ordering::Relaxed),
             None => {
                 let addr = cluster.primary.addr();

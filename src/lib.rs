@@ -18,6 +18,7 @@ pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod pool;

@@ -77,6 +77,9 @@ pub struct ProxyMetrics {
     pub server_connections: IntGaugeVec,
     pub replica_lag_bytes: IntGaugeVec,
     pub replica_healthy: IntGaugeVec,
+    pub server_prepared: IntGaugeVec,
+    /// Caught up with the monitors' counts at scrape time.
+    pub health_check_failures: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -157,6 +160,22 @@ impl ProxyMetrics {
                 "pgweir_replica_healthy",
                 "1 when the replica answers and is within the lag limits",
                 &["cluster", "replica"],
+            ),
+            server_prepared: gauges(
+                "pgweir_server_prepared_statements",
+                "Prepared statements held by a pool's idle server connections (as last returned)",
+                &["pool"],
+            ),
+            health_check_failures: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pgweir_health_check_failures_total",
+                        "Monitor polls of a cluster member that failed or timed out (member: primary or replicaN)",
+                    ),
+                    &["cluster", "member"],
+                )
+                .expect("valid metric"),
             ),
         }
     }

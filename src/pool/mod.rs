@@ -97,8 +97,10 @@ impl std::ops::DerefMut for Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        if let Some(r) = self.0.as_ref().and_then(|c| c.registered.as_ref()) {
-            r.slot.returned();
+        if let Some(c) = self.0.as_ref() {
+            if let Some(r) = &c.registered {
+                r.slot.returned(c.prepared.len());
+            }
         }
     }
 }
@@ -145,6 +147,11 @@ pub struct ServerPool {
     pub clients_waiting: std::sync::atomic::AtomicI64,
     /// Totals for SHOW STATS.
     pub stats: PoolStats,
+    /// The cluster whose member this pool connects to.
+    pub cluster: String,
+    /// RELOAD replaced its cluster: sessions move to a new pool between transactions, and
+    /// this one closes when the last of them leaves.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 /// What SHOW STATS adds up per database.
@@ -196,6 +203,8 @@ impl ServerPool {
             clients_waiting: Default::default(),
             stats: Default::default(),
             max_pinned: (size / 2).max(1),
+            cluster: String::new(),
+            retired: Default::default(),
         }
     }
 
@@ -208,6 +217,16 @@ impl ServerPool {
     /// The current maximum number of server connections.
     pub fn max_size(&self) -> usize {
         self.pool.status().max_size
+    }
+
+    pub fn in_cluster(mut self, name: &str) -> ServerPool {
+        self.cluster = name.to_string();
+        self
+    }
+
+    /// Replaced by RELOAD (see `Pools::retire`).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn with_max_pinned(mut self, n: usize) -> ServerPool {
@@ -358,6 +377,24 @@ impl Pools {
     pub fn get_or_create(&self, db: &str, user: &str, make: impl FnOnce() -> ServerPool) -> Arc<ServerPool> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((db.to_string(), user.to_string())).or_insert_with(|| Arc::new(make())).clone()
+    }
+
+    /// Takes the pools `which` picks out of the map and marks them retired: new logins get
+    /// new pools; a retired pool lives on while sessions hold it. Returns their names.
+    pub fn retire(&self, mut which: impl FnMut(&ServerPool) -> bool) -> Vec<String> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut gone = Vec::new();
+        map.retain(|_, p| {
+            if which(p) {
+                p.retired.store(true, std::sync::atomic::Ordering::Relaxed);
+                gone.push(p.name.clone());
+                false
+            } else {
+                true
+            }
+        });
+        gone.sort();
+        gone
     }
 
     pub fn all(&self) -> Vec<Arc<ServerPool>> {

@@ -56,6 +56,8 @@ pub struct Topology {
     pub primary_down: AtomicBool,
     /// Woken when the primary changes.
     pub changed: tokio::sync::Notify,
+    /// Failed polls per member: the configured primary, then each replica.
+    pub check_failures: Vec<AtomicU64>,
     routing: Routing,
     born: std::time::Instant,
 }
@@ -79,8 +81,16 @@ impl Topology {
             primary_member: AtomicUsize::new(0),
             primary_down: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
+            check_failures: (0..=cluster.replicas.len()).map(|_| AtomicU64::new(0)).collect(),
             routing: routing.clone(),
             born: std::time::Instant::now(),
+        }
+    }
+
+    /// Counts a failed poll of `member` (0 the configured primary, i + 1 replica i).
+    fn poll_failed(&self, member: usize) {
+        if let Some(c) = self.check_failures.get(member) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -238,6 +248,9 @@ pub async fn monitor(
                    case when pg_is_in_recovery() then null else pg_current_wal_lsn()::text end, \
                    case when pg_is_in_recovery() then null else pg_walfile_name(pg_current_wal_lsn()) end";
         let answer = query_member(&mut probes[current], sql, timeout).await;
+        if answer.is_err() {
+            top.poll_failed(current);
+        }
         if answer == Err(PollError::Refused) {
             // Nothing learned about the primary; try again after the usual pause.
             tokio::select! {
@@ -275,6 +288,9 @@ pub async fn monitor(
                 // Failover: the first other member that answers and is not in recovery.
                 for (m, ep) in members.iter().enumerate().filter(|(m, _)| *m != current) {
                     let row = query_member(&mut probes[m], "select pg_is_in_recovery()", timeout).await;
+                    if row.is_err() {
+                        top.poll_failed(m);
+                    }
                     if row.ok().and_then(|r| col_bool(&r, 0)) == Some(false) {
                         tracing::warn!(cluster = %top.cluster, new_primary = %ep.addr(), "failover: writes go to the promoted member");
                         top.primary_member.store(m, Ordering::Relaxed);
@@ -330,8 +346,9 @@ pub async fn monitor(
                         state.failures.store(0, Ordering::Relaxed);
                     }
                 }
-                Err(PollError::Refused) => {}
+                Err(PollError::Refused) => top.poll_failed(i + 1),
                 Err(PollError::Unreachable) => {
+                    top.poll_failed(i + 1);
                     if state.healthy.swap(false, Ordering::Relaxed) {
                         tracing::warn!(cluster = %top.cluster, replica = %ep.addr(), "replica unreachable; reads go elsewhere");
                     }

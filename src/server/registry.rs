@@ -22,6 +22,8 @@ pub struct ServerSlot {
     client: AtomicI32,
     /// Unix seconds of the last checkout.
     request_time: AtomicU64,
+    /// Prepared statements the connection held when last returned to its pool.
+    prepared: AtomicU64,
 }
 
 impl ServerSlot {
@@ -36,8 +38,14 @@ impl ServerSlot {
         self.client.store(client, Relaxed);
     }
 
-    pub fn returned(&self) {
+    /// Back in its pool, holding `prepared` statements.
+    pub fn returned(&self, prepared: usize) {
+        self.prepared.store(prepared as u64, Relaxed);
         self.client.store(0, Relaxed);
+    }
+
+    pub fn prepared(&self) -> u64 {
+        self.prepared.load(Relaxed)
     }
 
     /// The holding client's id, -1 when checked out by the proxy itself, None when idle.
@@ -83,6 +91,7 @@ impl ServerList {
             tls,
             client: AtomicI32::new(0),
             request_time: AtomicU64::new(unix_now()),
+            prepared: AtomicU64::new(0),
         });
         self.map.lock().unwrap_or_else(|p| p.into_inner()).insert(id, slot.clone());
         Registration { list: self.clone(), slot }
@@ -123,8 +132,8 @@ mod tests {
         assert_eq!(a.slot.holder(), Some(-1), "checked out before a client is linked");
         a.slot.link(42);
         assert_eq!(a.slot.holder(), Some(42));
-        a.slot.returned();
-        assert_eq!(a.slot.holder(), None);
+        a.slot.returned(3);
+        assert_eq!((a.slot.holder(), a.slot.prepared()), (None, 3));
         drop(b);
         assert_eq!(list.all().iter().map(|s| s.id).collect::<Vec<_>>(), vec![1]);
     }

@@ -168,20 +168,44 @@ pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMe
         return Ok(Entry::Admin(user));
     }
 
-    let route = ctx.config.databases.get(&database);
-    let cluster_name = route.map(|r| r.cluster.clone()).unwrap_or_else(|| ctx.config.default_cluster.clone());
-    let mode = route.and_then(|r| r.pool_mode).unwrap_or(ctx.config.pool.mode);
-    let size = super::reload::pool_size(&ctx.live_config(), &database, &user) as u32;
+    let who =
+        Who { server_user: outcome.server_user, credentials: outcome.credentials, refresh: outcome.refreshes_pool };
+    Ok(Entry::Session(Box::new(resolve(ctx, user, database, settings, who)?)))
+}
+
+/// Whom a login's pools connect as (kept so a session can find its pools again).
+#[derive(Clone)]
+pub struct Who {
+    pub server_user: String,
+    pub credentials: crate::server::Credentials,
+    /// A SCRAM pass-through login: the pools take its keys.
+    pub refresh: bool,
+}
+
+/// The pools and routing of an authenticated login, under the configuration as last reloaded.
+/// Run again by a session whose pools were retired by RELOAD.
+pub(super) fn resolve(
+    ctx: &Context,
+    user: String,
+    database: String,
+    settings: Vec<(String, String)>,
+    who: Who,
+) -> Result<Login, PgError> {
+    let config = ctx.live_config();
+    let route = config.databases.get(&database);
+    let cluster_name = route.map(|r| r.cluster.clone()).unwrap_or_else(|| config.default_cluster.clone());
+    let mode = route.and_then(|r| r.pool_mode).unwrap_or(config.pool.mode);
+    let size = super::reload::pool_size(&config, &database, &user);
     let server_db = route.and_then(|r| r.dbname.clone()).unwrap_or_else(|| database.clone());
     let base = LoginSpec {
         user: &user,
         database: &database,
-        server_user: &outcome.server_user,
+        server_user: &who.server_user,
         server_db: &server_db,
-        credentials: &outcome.credentials,
-        refresh: outcome.refreshes_pool,
+        credentials: &who.credentials,
+        refresh: who.refresh,
         mode,
-        size: size as usize,
+        size,
     };
     let (shards, home) = match route.and_then(|r| r.layout.clone()) {
         Some(layout) => {
@@ -191,7 +215,7 @@ pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMe
         }
         None => (None, target_pools(ctx, &base, &cluster_name, false)?),
     };
-    Ok(Entry::Session(Box::new(Login {
+    Ok(Login {
         user,
         database,
         cache_db: home.cache_db,
@@ -201,7 +225,8 @@ pub(super) async fn login(ctx: &Context, client: &mut ClientConn, msg: StartupMe
         mode,
         settings,
         shards,
-    })))
+        who,
+    })
 }
 
 /// What every pool of one login shares.
@@ -227,16 +252,17 @@ pub(super) fn target_pools(
     cluster_name: &str,
     own_db: bool,
 ) -> Result<super::TargetPools, PgError> {
-    let cluster = ctx
-        .config
-        .cluster(cluster_name)
+    let state = ctx
+        .clusters
+        .get(cluster_name)
         .ok_or_else(|| PgError::fatal(SqlState::INTERNAL_ERROR, format!("pgweir: no cluster \"{cluster_name}\"")))?;
+    let cluster = &state.config;
     let server_db = match (&cluster.primary.dbname, own_db) {
         (Some(d), true) => d.as_str(),
         _ => base.server_db,
     };
     let spec = PoolSpec {
-        cluster,
+        cluster: &state,
         user: base.user,
         server_user: base.server_user,
         server_db,
@@ -260,14 +286,14 @@ pub(super) fn target_pools(
             }
         }
     }
-    let topology = ctx.topologies.get(&cluster.name).cloned().filter(|_| !replicas.is_empty());
+    let topology = state.topology.clone().filter(|_| !replicas.is_empty());
     let cache_db = format!("{}/{}", cluster.name, server_db);
     Ok(super::TargetPools { pool, replicas, topology, cache_db })
 }
 
 /// What the pools of one login share.
 struct PoolSpec<'a> {
-    cluster: &'a crate::config::Cluster,
+    cluster: &'a super::clusters::ClusterState,
     user: &'a str,
     server_user: &'a str,
     server_db: &'a str,
@@ -283,11 +309,11 @@ fn pool_for(
     ep: &crate::config::Endpoint,
     key: String,
 ) -> Result<Arc<ServerPool>, PgError> {
-    let cluster = spec.cluster;
+    let cluster = &spec.cluster.config;
     let tls = match cluster.tls {
         ServerTls::Disable => None,
         ServerTls::Verify(_) => {
-            let connector = ctx.server_tls.get(&cluster.name).cloned().flatten();
+            let connector = spec.cluster.tls.clone();
             let name = crate::net::tls::server_name(&ep.host).ok();
             match (connector, name) {
                 (Some(c), Some(n)) => Some((c, n)),
@@ -303,7 +329,8 @@ fn pool_for(
     };
     let user = spec.user;
     Ok(ctx.pools.get_or_create(&key, user, || {
-        let p = &ctx.config.pool;
+        let config = ctx.live_config();
+        let p = &config.pool;
         let target = Target {
             host: ep.host.clone(),
             port: ep.port,
@@ -313,7 +340,7 @@ fn pool_for(
             tls,
             connect_timeout: p.connect_timeout,
             next_id: Arc::clone(&ctx.next_server_id),
-            prepared_cap: ctx.config.prepared.server_cache_size,
+            prepared_cap: config.prepared.server_cache_size,
         };
         let manager = Manager::new(Arc::new(target), p.lifetime);
         ServerPool::new(
@@ -326,6 +353,7 @@ fn pool_for(
             manager,
         )
         .with_max_pinned(p.max_pinned.map(|n| n as usize).unwrap_or((spec.size / 2).max(1)))
+        .in_cluster(&cluster.name)
     }))
 }
 

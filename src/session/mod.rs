@@ -12,6 +12,7 @@ pub mod admin;
 pub mod auth;
 mod cached;
 pub mod cancel;
+pub mod clusters;
 pub mod control;
 mod copy_split;
 mod handshake;
@@ -34,7 +35,6 @@ pub mod stmts;
 mod timing;
 pub mod welcome;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -58,12 +58,10 @@ pub struct Context {
     pub cancels: cancel::CancelRegistry,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub auth: auth::AuthSource,
-    /// Prebuilt TLS connectors per cluster name (None: plain TCP).
-    pub server_tls: HashMap<String, Option<tokio_rustls::TlsConnector>>,
     pub next_server_id: Arc<AtomicU64>,
     pub welcomes: welcome::WelcomeCache,
-    /// Monitored members per cluster with replicas.
-    pub topologies: HashMap<String, Arc<crate::pool::topology::Topology>>,
+    /// The clusters as running now: settings, TLS connectors, monitored topologies.
+    pub clusters: clusters::Clusters,
     /// PAUSE / RESUME from the admin console.
     pub control: control::Control,
     /// When the proxy started (SHOW STATS averages).
@@ -161,8 +159,11 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
         tls: matches!(client.stream, crate::net::Stream::Accepted(_)),
         socket,
     });
+    use tracing::Instrument;
+    // Everything logged while the session runs names its client (SHOW CLIENTS' id) and login.
+    let span = tracing::info_span!("session", client = guard.pid, user = %login.user, db = %login.database, %peer);
     let mut session = relay::Session::new(&ctx, client, login, guard);
-    session.run().await;
+    session.run().instrument(span).await;
 }
 
 /// The outcome of startup + authentication: who the client is and where it goes.
@@ -183,6 +184,19 @@ pub struct Login {
     /// A sharded or federated database: every target's pools; the fields above hold the
     /// current target's.
     pub shards: Option<Box<sharded::ShardLogin>>,
+    /// Whom the pools connect as.
+    pub who: handshake::Who,
+}
+
+impl Login {
+    /// RELOAD replaced one of its pools.
+    pub fn retired(&self) -> bool {
+        let target = |pool: &crate::pool::ServerPool, replicas: &[Arc<crate::pool::ServerPool>]| {
+            pool.is_retired() || replicas.iter().any(|r| r.is_retired())
+        };
+        target(&self.pool, &self.replicas)
+            || self.shards.as_ref().is_some_and(|s| s.targets.iter().any(|t| target(&t.pool, &t.replicas)))
+    }
 }
 
 /// The pools of one cluster, as a login uses them.

@@ -149,16 +149,7 @@ impl<'a> Session<'a> {
                 match poll_fn(|cx| self.poll_idle(cx)).await {
                     Idle::Request => {
                         let started = std::time::Instant::now();
-                        if self.ctx.control.draining.load(std::sync::atomic::Ordering::SeqCst)
-                            && self.deferred_begin.is_none()
-                        {
-                            // Between transactions while shutting down: the client reconnects
-                            // elsewhere (another process on the port, another instance).
-                            let e = PgError::fatal(
-                                SqlState("57P01"),
-                                "pgweir: terminating connection: the proxy is shutting down",
-                            )
-                            .with_hint("reconnect: another PgWeir takes new connections");
+                        if let Err(e) = self.between_transactions() {
                             return self.client.fatal(e).await;
                         }
                         let answered = self.answer_proxy_statement() || self.defer_begin();

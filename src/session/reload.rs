@@ -1,8 +1,11 @@
 //! RELOAD (admin console) and SIGHUP: the config file is read and checked again; pool sizes
 //! (`pool.size`, `databases.NAME.pool_size`, `users.pool_size`), `proxy.admin_users` and
 //! `proxy.shutdown_timeout` apply at once without dropping anyone (a pool that shrinks closes
-//! connections as they come back); other changes are reported as needing a restart and keep
-//! their running values. A file that does not validate changes nothing.
+//! connections as they come back). Changed clusters (members, TLS) and databases (cluster,
+//! server name, sharding) get new pools: the old ones are retired, each session moves to the
+//! new ones at its next transaction boundary, and a retired pool closes when its last session
+//! has moved or left. Other changes are reported as needing a restart and keep their running
+//! values. A file that does not validate changes nothing.
 
 use std::sync::Arc;
 
@@ -36,7 +39,6 @@ pub fn reload(ctx: &Context) -> Result<Vec<String>, String> {
                 .map(|u| (&u.name, &u.password, &u.scram_verifier))
                 .ne(new.users.iter().map(|u| (&u.name, &u.password, &u.scram_verifier))),
         ),
-        ("clusters", old.clusters != new.clusters),
         ("routing", old.routing != new.routing),
         ("cache", old.cache != new.cache),
         ("metrics", old.metrics_listen != new.metrics_listen),
@@ -46,6 +48,25 @@ pub fn reload(ctx: &Context) -> Result<Vec<String>, String> {
         if changed {
             notes.push(format!("{what} changed: takes effect after a restart"));
         }
+    }
+    let clusters = ctx.clusters.update(&new).map_err(|e| e.to_string())?;
+    let mut databases: Vec<&String> = old.databases.keys().chain(new.databases.keys()).collect();
+    databases.sort();
+    databases.dedup();
+    databases.retain(|d| old.databases.get(*d) != new.databases.get(*d));
+    for c in &clusters {
+        notes.push(format!("cluster {c} changed: new pools; sessions move to them between transactions"));
+    }
+    for d in &databases {
+        notes.push(format!("database {d} changed: new pools; sessions move to them between transactions"));
+    }
+    let retired = ctx.pools.retire(|p| {
+        let key = p.name.rsplit_once('/').map_or(p.name.as_str(), |(k, _)| k);
+        let database = key.split(['#', '@']).next().unwrap_or(key);
+        clusters.contains(&p.cluster) || databases.iter().any(|d| d.as_str() == database)
+    });
+    if !retired.is_empty() {
+        notes.push(format!("retired pools: {}", retired.join(", ")));
     }
     for pool in ctx.pools.all() {
         let (key, user) = pool.name.rsplit_once('/').unwrap_or((&pool.name, ""));
@@ -59,4 +80,54 @@ pub fn reload(ctx: &Context) -> Result<Vec<String>, String> {
     *ctx.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
     tracing::info!(changes = ?notes, "configuration reloaded");
     Ok(notes)
+}
+
+impl super::relay::Session<'_> {
+    /// Before a request that starts on no server: a draining proxy sends the client away
+    /// (it reconnects to another process or instance), and a login whose pools RELOAD
+    /// retired moves to new ones.
+    pub(super) fn between_transactions(&mut self) -> Result<(), crate::wire::PgError> {
+        if self.ctx.control.draining.load(std::sync::atomic::Ordering::SeqCst) && self.deferred_begin.is_none() {
+            return Err(crate::wire::PgError::fatal(
+                crate::wire::SqlState("57P01"),
+                "pgweir: terminating connection: the proxy is shutting down",
+            )
+            .with_hint("reconnect: another PgWeir takes new connections"));
+        }
+        if self.login.retired() {
+            self.follow_reload();
+        }
+        Ok(())
+    }
+
+    /// At a transaction boundary, after RELOAD retired this login's pools: the login is
+    /// resolved again under the new configuration (pools, replicas, topology, sharding). A
+    /// login the new configuration cannot serve, or one whose pool mode changed, stays on
+    /// its old pools until it disconnects.
+    pub(super) fn follow_reload(&mut self) {
+        if self.server.is_some() || self.counted_pin || self.deferred_begin.is_some() {
+            return;
+        }
+        let l = &self.login;
+        let fresh =
+            super::handshake::resolve(self.ctx, l.user.clone(), l.database.clone(), l.settings.clone(), l.who.clone());
+        match fresh {
+            Ok(mut new) if new.mode == l.mode => {
+                if let (Some(old), Some(s)) = (&l.shards, new.shards.as_mut()) {
+                    s.session_key = old.session_key.clone();
+                }
+                // Counted again in the new pool's clients (SHOW POOLS).
+                let state = self.state;
+                self.set_state(None);
+                self.login = new;
+                self.set_state(state);
+                // Positions of the old members mean nothing to the new ones.
+                self.min_lsn = 0;
+                self.proto.route_cache = None;
+                tracing::info!("session moved to the reloaded configuration's pools");
+            }
+            Ok(_) => tracing::warn!("pool mode changed by RELOAD: this session keeps its old pools until it ends"),
+            Err(e) => tracing::warn!(error = %e, "RELOAD: this session keeps its old pools until it ends"),
+        }
+    }
 }

@@ -189,7 +189,6 @@ impl Timing {
         if !self.slow.is_zero() && took + waited >= self.slow {
             let text = c.text.clone().or_else(|| m.queries.text(c.fingerprint)).unwrap_or_default();
             tracing::warn!(
-                parent: &c.span,
                 fingerprint = %format_args!("{:016x}", c.fingerprint),
                 route = route_name,
                 total_ms = (took + waited).as_secs_f64() * 1e3,

@@ -30,7 +30,7 @@ fn rows(out: &str) -> Vec<std::collections::HashMap<String, String>> {
     out.lines().skip(1).map(|l| cols.iter().cloned().zip(l.split('|').map(str::to_string)).collect()).collect()
 }
 
-/// PgBouncer's SHOW SERVERS columns, then PgWeir's connection id.
+/// PgBouncer's SHOW SERVERS columns (1.18, with 1.21's prepared_statements), then the connection id.
 const SERVER_COLUMNS: &[&str] = &[
     "type",
     "user",
@@ -50,6 +50,7 @@ const SERVER_COLUMNS: &[&str] = &[
     "remote_pid",
     "tls",
     "application_name",
+    "prepared_statements",
     "id",
 ];
 
@@ -339,4 +340,90 @@ async fn show_servers_and_show_queries_follow_the_traffic() {
     assert!(!out.contains("40 AS"), "a literal leaked: {out}");
     // Ordered by total time: the sleep first.
     assert_eq!(qs[0]["query"], "select pg_sleep(?)", "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_moves_a_cluster_to_a_new_primary_between_transactions() {
+    let a = PgCluster::start(PgOptions::default());
+    let b = PgCluster::start(PgOptions::default());
+    for (pg, name) in [(&a, "A"), (&b, "B")] {
+        pg.psql(
+            "postgres",
+            "postgres",
+            &format!("create table whoami(name text); insert into whoami values ('{name}')"),
+        );
+        let init = Command::new(pg.bin("pgbench"))
+            .args([
+                "-i",
+                "-q",
+                "-s",
+                "1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port().to_string(),
+                "-U",
+                "postgres",
+                "postgres",
+            ])
+            .output()
+            .unwrap();
+        assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pgweir.toml");
+    let write = |pg: &PgCluster| {
+        let text = format!(
+            "[proxy]\nauth = \"trust\"\nadmin_users = [\"postgres\"]\n[pool]\nsize = 4\n\
+             [clusters.default]\nprimary = \"postgres://127.0.0.1:{}\"\n",
+            pg.port()
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    write(&a);
+    let overrides = pgweir::config::Overrides { listen: vec!["127.0.0.1:0".into()], ..Default::default() };
+    let proxy = pgweir::app::Proxy::start(pgweir::config::load(Some(&file), &overrides).unwrap()).await.unwrap();
+    let port = proxy.local_addr().port();
+
+    // A transaction open on A when the reload happens, and a load running through it.
+    let c1 = connect(proxy.local_addr(), "postgres", None, "postgres").await;
+    c1.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(whoami(&c1).await, "A");
+    let bin = a.bin("pgbench");
+    let bench = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args(["-n", "-S", "-c", "4", "-j", "2", "-T", "3", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-U", "postgres", "postgres"])
+            .output()
+            .unwrap()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    write(&b);
+    let (ok, _, err) = tokio::task::block_in_place(|| psql(&a, port, "postgres", "RELOAD"));
+    assert!(ok, "{err}");
+
+    // The open transaction finishes where it started; the next one runs on B.
+    assert_eq!(whoami(&c1).await, "A");
+    c1.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(whoami(&c1).await, "B", "the session moved at its transaction boundary");
+    let c2 = connect(proxy.local_addr(), "postgres", None, "postgres").await;
+    assert_eq!(whoami(&c2).await, "B", "a new client goes to the new primary");
+    let out = bench.await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("number of failed transactions: 0"), "{text}");
+
+    // Once every session has moved or left, the old pool's connections to A close.
+    let count =
+        "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()";
+    let drained = crate::support::eventually(std::time::Duration::from_secs(10), || {
+        a.psql("postgres", "postgres", count).trim() == "0"
+    })
+    .await;
+    assert!(drained, "connections to the old primary remain: {}", a.psql("postgres", "postgres", count));
+    let servers = rows(&tokio::task::block_in_place(|| psql(&a, port, "postgres", "SHOW SERVERS")).1);
+    assert!(servers.iter().all(|r| r["port"] == b.port().to_string()), "{servers:?}");
+}
+
+async fn whoami(c: &tokio_postgres::Client) -> String {
+    crate::support::scalar(c, "select name from whoami").await.unwrap()
 }

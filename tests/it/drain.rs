@@ -6,13 +6,17 @@ use std::time::Duration;
 
 use crate::harness::pg::{PgCluster, PgOptions};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::harness::free_port;
 
 /// Writes a config file: `proxy` (the body of its `[proxy]` table, `listen` included), then
 /// `extra` tables, then the default cluster on `pg`.
-fn write_config(dir: &std::path::Path, name: &str, proxy: &str, extra: &str, pg: &PgCluster) -> std::path::PathBuf {
+pub(crate) fn write_config(
+    dir: &std::path::Path,
+    name: &str,
+    proxy: &str,
+    extra: &str,
+    pg: &PgCluster,
+) -> std::path::PathBuf {
     let path = dir.join(name);
     let text = format!(
         "[proxy]\n{proxy}auth = \"trust\"\n{extra}[clusters.default]\nprimary = \"postgres://postgres@127.0.0.1:{}\"\n",
@@ -23,7 +27,7 @@ fn write_config(dir: &std::path::Path, name: &str, proxy: &str, extra: &str, pg:
 }
 
 /// Waits until something accepts connections on `port` of 127.0.0.1.
-async fn wait_listening(port: u16) -> std::net::SocketAddr {
+pub(crate) async fn wait_listening(port: u16) -> std::net::SocketAddr {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let up = crate::support::eventually(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()).await;
     assert!(up, "pgweir did not start on port {port}");

@@ -156,6 +156,19 @@ async fn metrics_move_under_pgbench_and_readyz_follows_the_primary() {
     assert!(value(&s, "pgweir_pool_waits_total") > 0.0);
     // Errors are counted by SQLSTATE class.
     let c = crate::support::connect(paddr, "postgres", None, "postgres").await;
+    // A prepared statement stays on its server connection, counted once it is back in the pool.
+    c.query("select $1::int + 1", &[&1i32]).await.unwrap();
+    let pool = "pgweir_server_prepared_statements{pool=\"postgres/postgres\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // The server goes back to its pool just after the answer reaches the client.
+        let (_, body) = get(maddr, "/metrics").await;
+        if value(&parse_exposition(&body), pool) >= 1.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{pool} not counted:\n{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(c.simple_query("select * from no_such_table").await.is_err());
     let (_, body) = get(maddr, "/metrics").await;
     assert!(value(&parse_exposition(&body), "pgweir_errors_total{class=\"42\"}") >= 1.0);
@@ -163,4 +176,40 @@ async fn metrics_move_under_pgbench_and_readyz_follows_the_primary() {
     pg.stop();
     assert_eq!(get(maddr, "/readyz").await.0, 503);
     assert_eq!(get(maddr, "/healthz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_health_checks_are_counted_per_member() {
+    let pg = PgCluster::start(PgOptions::default());
+    // A replica nobody listens on: every poll of it fails.
+    let dead = crate::harness::free_port();
+    let toml = format!(
+        "[proxy]\nauth = \"trust\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[routing]\nhealth_interval = \"100ms\"\n\
+         [clusters.default]\nprimary = \"postgres://127.0.0.1:{}\"\nreplicas = [\"postgres://127.0.0.1:{dead}\"]\n",
+        pg.port()
+    );
+    let cfg = pgweir::config::from_str(
+        &toml,
+        "test.toml",
+        &pgweir::config::Overrides { listen: vec!["127.0.0.1:0".into()], ..Default::default() },
+    )
+    .unwrap();
+    let proxy = pgweir::app::Proxy::start(cfg).await.unwrap();
+    let maddr = proxy.metrics_addr().unwrap();
+    let series = "pgweir_health_check_failures_total{cluster=\"default\",member=\"replica0\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut last = 0.0;
+    loop {
+        let s = parse_exposition(&get(maddr, "/metrics").await.1);
+        let now = value(&s, series);
+        assert!(now >= last, "a counter went down: {last} -> {now}");
+        last = now;
+        if now >= 2.0 {
+            assert_eq!(value(&s, "pgweir_health_check_failures_total{cluster=\"default\",member=\"primary\"}"), 0.0);
+            assert_eq!(value(&s, "pgweir_replica_healthy{cluster=\"default\",replica=\"0\"}"), 0.0);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "failures not counted: {series} = {now}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

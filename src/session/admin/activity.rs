@@ -26,6 +26,7 @@ pub(super) fn servers(ctx: &Context) -> Table {
         ("remote_pid", INT8),
         ("tls", TEXT),
         ("application_name", TEXT),
+        ("prepared_statements", INT8),
         ("id", INT8),
     ]);
     let mut pools = ctx.pools.all();
@@ -55,6 +56,7 @@ pub(super) fn servers(ctx: &Context) -> Table {
                 s.remote_pid.to_string(),
                 if s.tls { "TLS" } else { "" }.into(),
                 String::new(),
+                s.prepared().to_string(),
                 s.id.to_string(),
             ]);
         }

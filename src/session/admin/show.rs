@@ -222,11 +222,9 @@ pub(super) fn replicas(ctx: &Context) -> Table {
         ("lag_ms", INT8),
         ("outstanding", INT8),
     ]);
-    let mut names: Vec<&String> = ctx.topologies.keys().collect();
-    names.sort();
-    for name in names {
-        let top = &ctx.topologies[name];
-        let Some(cluster) = ctx.config.cluster(name) else { continue };
+    for (name, top) in ctx.clusters.topologies() {
+        let Some(state) = ctx.clusters.get(&name) else { continue };
+        let cluster = &state.config;
         let primary = top.primary_lsn.load(Relaxed);
         for (i, r) in top.replicas.iter().enumerate() {
             let ep = cluster.replicas.get(i);
