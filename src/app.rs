@@ -58,12 +58,17 @@ impl Proxy {
             Some(Arc::new(c))
         };
         let (stop, stop_rx) = watch::channel(false);
-        let clusters = crate::session::clusters::Clusters::start(&config, stop_rx.clone())?;
+        let clusters = crate::session::clusters::Clusters::start(
+            &config,
+            stop_rx.clone(),
+            metrics.proxy.health_check_failures.clone(),
+        )?;
         let ctx = Arc::new(Context {
             live: std::sync::RwLock::new(config.clone()),
             cache,
             metrics,
             clusters,
+            resolving: Default::default(),
             control: Default::default(),
             started: std::time::Instant::now(),
             classifier: std::sync::Mutex::new(crate::route::classify::ClassifyCache::new(CLASSIFY_CACHE)),
@@ -263,15 +268,10 @@ fn scrape(ctx: &Context) {
         let prepared: u64 = pool.servers().iter().map(|s| s.prepared()).sum();
         m.server_prepared.with_label_values(&[&pool.name]).set(prepared as i64);
     }
+    // Clusters and replicas removed by RELOAD leave no series behind.
+    m.replica_lag_bytes.reset();
+    m.replica_healthy.reset();
     for (name, top) in &ctx.clusters.topologies() {
-        for (member, failures) in top.check_failures.iter().enumerate() {
-            let label = if member == 0 { "primary".to_string() } else { format!("replica{}", member - 1) };
-            let c = m.health_check_failures.with_label_values(&[name, &label]);
-            let now = failures.load(std::sync::atomic::Ordering::Relaxed);
-            if now > c.get() {
-                c.inc_by(now - c.get());
-            }
-        }
         let primary = top.primary_lsn.load(std::sync::atomic::Ordering::Relaxed);
         for (i, r) in top.replicas.iter().enumerate() {
             let replay = r.replay_lsn.load(std::sync::atomic::Ordering::Relaxed);

@@ -97,9 +97,13 @@ impl std::ops::DerefMut for Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        if let Some(c) = self.0.as_ref() {
-            if let Some(r) = &c.registered {
-                r.slot.returned(c.prepared.len());
+        let Some(c) = self.0.as_ref() else { return };
+        let Some(r) = &c.registered else { return };
+        r.slot.returned(c.prepared.len());
+        if r.list.is_retired() {
+            // Its pool was retired by RELOAD: close rather than return it.
+            if let Some(c) = self.0.take() {
+                let _ = managed::Object::take(c);
             }
         }
     }
@@ -149,9 +153,6 @@ pub struct ServerPool {
     pub stats: PoolStats,
     /// The cluster whose member this pool connects to.
     pub cluster: String,
-    /// RELOAD replaced its cluster: sessions move to a new pool between transactions, and
-    /// this one closes when the last of them leaves.
-    retired: std::sync::atomic::AtomicBool,
 }
 
 /// What SHOW STATS adds up per database.
@@ -204,7 +205,6 @@ impl ServerPool {
             stats: Default::default(),
             max_pinned: (size / 2).max(1),
             cluster: String::new(),
-            retired: Default::default(),
         }
     }
 
@@ -226,7 +226,7 @@ impl ServerPool {
 
     /// Replaced by RELOAD (see `Pools::retire`).
     pub fn is_retired(&self) -> bool {
-        self.retired.load(std::sync::atomic::Ordering::Relaxed)
+        self.pool.manager().servers.is_retired()
     }
 
     pub fn with_max_pinned(mut self, n: usize) -> ServerPool {
@@ -380,13 +380,16 @@ impl Pools {
     }
 
     /// Takes the pools `which` picks out of the map and marks them retired: new logins get
-    /// new pools; a retired pool lives on while sessions hold it. Returns their names.
+    /// new pools; a retired pool closes its idle connections at once and the others as they
+    /// come back, and lives on (empty) while sessions hold it. Returns their names.
     pub fn retire(&self, mut which: impl FnMut(&ServerPool) -> bool) -> Vec<String> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let mut gone = Vec::new();
         map.retain(|_, p| {
             if which(p) {
-                p.retired.store(true, std::sync::atomic::Ordering::Relaxed);
+                // Idle connections close now; busy ones when they come back (`Pooled`).
+                p.pool.manager().servers.retire();
+                p.pool.retain(|_, _| false);
                 gone.push(p.name.clone());
                 false
             } else {

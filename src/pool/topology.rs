@@ -56,8 +56,9 @@ pub struct Topology {
     pub primary_down: AtomicBool,
     /// Woken when the primary changes.
     pub changed: tokio::sync::Notify,
-    /// Failed polls per member: the configured primary, then each replica.
-    pub check_failures: Vec<AtomicU64>,
+    /// Failed polls per member: the configured primary, then each replica (unregistered
+    /// counters unless `count_failures_in` gave the metrics' handles).
+    pub check_failures: Vec<prometheus::IntCounter>,
     routing: Routing,
     born: std::time::Instant,
 }
@@ -81,16 +82,26 @@ impl Topology {
             primary_member: AtomicUsize::new(0),
             primary_down: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
-            check_failures: (0..=cluster.replicas.len()).map(|_| AtomicU64::new(0)).collect(),
+            check_failures: (0..=cluster.replicas.len())
+                .map(|_| prometheus::IntCounter::new("unregistered", "unregistered").expect("valid counter"))
+                .collect(),
             routing: routing.clone(),
             born: std::time::Instant::now(),
         }
     }
 
+    /// Failed polls are counted in these (one per member: primary, then replicas).
+    pub fn count_failures_in(mut self, counters: Vec<prometheus::IntCounter>) -> Topology {
+        if counters.len() == self.check_failures.len() {
+            self.check_failures = counters;
+        }
+        self
+    }
+
     /// Counts a failed poll of `member` (0 the configured primary, i + 1 replica i).
     fn poll_failed(&self, member: usize) {
         if let Some(c) = self.check_failures.get(member) {
-            c.fetch_add(1, Ordering::Relaxed);
+            c.inc();
         }
     }
 

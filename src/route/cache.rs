@@ -71,20 +71,26 @@ pub fn fingerprint_into(sql: &str, key: &mut Vec<u8>, literals: &mut Vec<(usize,
     hash_key(key)
 }
 
-/// `sql` with every literal (at `literals`, as [`fingerprint_into`] leaves them) shown as `?`,
-/// cut to `max` bytes at a character boundary: what may be shown of a statement without its values.
-pub fn without_literals(sql: &str, literals: &[(usize, usize)], max: usize) -> String {
+/// What may be shown of a statement without its values: its tokens with every string or
+/// number literal as `?`, comments dropped, whitespace between tokens as one space, cut to
+/// `max` bytes at a character boundary.
+pub fn without_literals(sql: &str, max: usize) -> String {
+    use super::lexer::Token;
     let mut out = String::with_capacity(sql.len().min(max));
-    let mut at = 0;
-    for &(start, end) in literals {
-        if start < at || end > sql.len() {
+    let mut prev_end = None;
+    for t in super::lexer::tokenize(sql) {
+        if prev_end.is_some_and(|e| e < t.start) {
+            out.push(' ');
+        }
+        match t.token {
+            Token::Str(_) | Token::Number(_) => out.push('?'),
+            _ => out.push_str(&sql[t.start..t.end]),
+        }
+        prev_end = Some(t.end);
+        if out.len() > max {
             break;
         }
-        out.push_str(&sql[at..start]);
-        out.push('?');
-        at = end;
     }
-    out.push_str(&sql[at..]);
     if out.len() > max {
         let mut cut = max;
         while !out.is_char_boundary(cut) {
@@ -169,20 +175,21 @@ mod tests {
         let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 42 AND n = 'x''y'";
         assert_eq!(fingerprint_into(sql, &mut key, &mut lits), fingerprint(sql));
         assert_eq!(lits.len(), 2);
-        assert_eq!(without_literals(sql, &lits, 1000), "SELECT abalance FROM pgbench_accounts WHERE aid = ? AND n = ?");
+        assert_eq!(without_literals(sql, 1000), "SELECT abalance FROM pgbench_accounts WHERE aid = ? AND n = ?");
         let other = "select abalance from pgbench_accounts where aid = 7 and n = 'z'";
         assert_eq!(fingerprint_into(other, &mut key, &mut lits), fingerprint(sql), "same shape, reused buffers");
         assert_ne!(fingerprint_into("/* pgweir: replica */ SELECT 1", &mut key, &mut lits), fingerprint("SELECT 1"));
     }
 
     #[test]
-    fn without_literals_cuts_at_a_character_boundary() {
+    fn without_literals_drops_values_and_comments_and_cuts_at_a_character_boundary() {
         let sql = "SELECT 'ééé', 'x' -- ünïcode";
-        let mut lits = Vec::new();
-        fingerprint_into(sql, &mut Vec::new(), &mut lits);
-        let shown = without_literals(sql, &lits, 12);
-        assert!(shown.len() <= 12 && shown.starts_with("SELECT ?, ?"), "{shown}");
-        assert_eq!(without_literals("SELECT 'ab'", &[(7, 11)], 1000), "SELECT ?");
-        assert_eq!(without_literals("é", &[], 1), "", "never splits a character");
+        assert_eq!(without_literals(sql, 1000), "SELECT ?, ?");
+        assert_eq!(without_literals(sql, 8), "SELECT ?");
+        assert_eq!(
+            without_literals("/* user=alice */ select  $1::int,\n  E'a\\'b', $$x$$ /* k=v */ from t", 1000),
+            "select $1::int, ?, ? from t"
+        );
+        assert_eq!(without_literals("SELECT \"é\"", 9), "SELECT \"", "never splits a character");
     }
 }

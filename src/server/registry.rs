@@ -69,6 +69,8 @@ fn unix_now() -> u64 {
 #[derive(Default)]
 pub struct ServerList {
     map: Mutex<HashMap<u64, Arc<ServerSlot>>>,
+    /// The pool was retired by RELOAD: connections close instead of going back to it.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl ServerList {
@@ -97,6 +99,14 @@ impl ServerList {
         Registration { list: self.clone(), slot }
     }
 
+    pub fn retire(&self) {
+        self.retired.store(true, Relaxed);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Relaxed)
+    }
+
     /// The open connections, oldest first.
     pub fn all(&self) -> Vec<Arc<ServerSlot>> {
         let mut v: Vec<_> = self.map.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
@@ -107,7 +117,7 @@ impl ServerList {
 
 /// A connection's place in its pool's list; dropping it removes the connection from the list.
 pub struct Registration {
-    list: Arc<ServerList>,
+    pub list: Arc<ServerList>,
     pub slot: Arc<ServerSlot>,
 }
 

@@ -30,16 +30,22 @@ pub struct Clusters {
     map: RwLock<HashMap<String, Arc<ClusterState>>>,
     /// The proxy's stop signal, which also ends every monitor.
     stop: watch::Receiver<bool>,
+    /// Where monitors count failed polls.
+    failures: prometheus::IntCounterVec,
 }
 
 impl Clusters {
     /// Every cluster of `config`, monitors running (call within the runtime).
-    pub fn start(config: &Config, stop: watch::Receiver<bool>) -> Result<Clusters, tls::TlsError> {
+    pub fn start(
+        config: &Config,
+        stop: watch::Receiver<bool>,
+        failures: prometheus::IntCounterVec,
+    ) -> Result<Clusters, tls::TlsError> {
         let mut map = HashMap::new();
         for (name, c) in &config.clusters {
-            map.insert(name.clone(), Arc::new(build(config, c, &stop)?));
+            map.insert(name.clone(), Arc::new(build(config, c, &stop, &failures)?));
         }
-        Ok(Clusters { map: RwLock::new(map), stop })
+        Ok(Clusters { map: RwLock::new(map), stop, failures })
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<ClusterState>> {
@@ -70,7 +76,7 @@ impl Clusters {
                     if old.is_some() {
                         changed.push(name.clone());
                     }
-                    next.insert(name.clone(), Arc::new(build(config, c, &self.stop)?));
+                    next.insert(name.clone(), Arc::new(build(config, c, &self.stop, &self.failures)?));
                 }
             }
         }
@@ -82,7 +88,12 @@ impl Clusters {
 }
 
 /// A cluster's running state; with replicas, its monitor is started.
-fn build(config: &Config, c: &Cluster, stop: &watch::Receiver<bool>) -> Result<ClusterState, tls::TlsError> {
+fn build(
+    config: &Config,
+    c: &Cluster,
+    stop: &watch::Receiver<bool>,
+    failures: &prometheus::IntCounterVec,
+) -> Result<ClusterState, tls::TlsError> {
     let connector = match c.tls {
         ServerTls::Disable => None,
         ServerTls::Verify(v) => Some(tls::connector(v, c.ca_file.as_deref())?),
@@ -90,7 +101,10 @@ fn build(config: &Config, c: &Cluster, stop: &watch::Receiver<bool>) -> Result<C
     if c.replicas.is_empty() {
         return Ok(ClusterState { config: c.clone(), tls: connector, topology: None, _monitor: None });
     }
-    let top = Arc::new(Topology::new(c, &config.routing));
+    // The same series as a replaced monitor's: the counts go on where they were.
+    let members = std::iter::once("primary".to_string()).chain((0..c.replicas.len()).map(|i| format!("replica{i}")));
+    let counters = members.map(|m| failures.with_label_values(&[&c.name, &m])).collect();
+    let top = Arc::new(Topology::new(c, &config.routing).count_failures_in(counters));
     let probes = monitor_probes(config, c, connector.clone())?;
     let (own_tx, mut own_rx) = watch::channel(());
     let (t, cluster, stop) = (top.clone(), c.clone(), stop.clone());

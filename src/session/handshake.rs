@@ -191,10 +191,17 @@ pub(super) fn resolve(
     settings: Vec<(String, String)>,
     who: Who,
 ) -> Result<Login, PgError> {
+    let _stable = ctx.resolving.read().unwrap_or_else(|p| p.into_inner());
     let config = ctx.live_config();
     let route = config.databases.get(&database);
     let cluster_name = route.map(|r| r.cluster.clone()).unwrap_or_else(|| config.default_cluster.clone());
-    let mode = route.and_then(|r| r.pool_mode).unwrap_or(config.pool.mode);
+    // Pool modes change only with a restart: the ones the proxy started with.
+    // (A database added by RELOAD takes its own.)
+    let mode = match ctx.config.databases.get(&database) {
+        Some(started) => started.pool_mode,
+        None => route.and_then(|r| r.pool_mode),
+    }
+    .unwrap_or(ctx.config.pool.mode);
     let size = super::reload::pool_size(&config, &database, &user);
     let server_db = route.and_then(|r| r.dbname.clone()).unwrap_or_else(|| database.clone());
     let base = LoginSpec {

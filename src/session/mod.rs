@@ -62,6 +62,8 @@ pub struct Context {
     pub welcomes: welcome::WelcomeCache,
     /// The clusters as running now: settings, TLS connectors, monitored topologies.
     pub clusters: clusters::Clusters,
+    /// Held (read) while a login resolves its pools, and (write) while RELOAD changes them.
+    pub resolving: std::sync::RwLock<()>,
     /// PAUSE / RESUME from the admin console.
     pub control: control::Control,
     /// When the proxy started (SHOW STATS averages).

@@ -136,6 +136,10 @@ pub struct Plan {
     /// Client messages were queued since its last Sync/Query/FunctionCall (an open extended
     /// batch, e.g. ended by Flush): the server must stay with this client.
     open_batch: bool,
+    /// Client requests (Sync, Query, FunctionCall) queued since the server was attached, and
+    /// how many of them are answered (their ReadyForQuery seen, or owed nothing in COPY).
+    pub client_boundaries: u64,
+    pub client_ready: u64,
 }
 
 impl Plan {
@@ -153,10 +157,13 @@ impl Plan {
         self.completed.clear();
         self.dropped.clear();
         self.open_batch = false;
+        self.client_boundaries = 0;
+        self.client_ready = 0;
     }
 
     pub fn client(&mut self, unit: Unit) {
         self.open_batch = !unit.is_boundary();
+        self.client_boundaries += u64::from(unit.is_boundary());
         self.q.push_back(Entry::Client(unit));
     }
 
@@ -250,6 +257,9 @@ impl Plan {
         if t == tag::READY_FOR_QUERY && !unit.is_boundary() {
             // Out of step (should not happen): settle at this boundary.
             while let Some(e) = self.q.pop_front() {
+                if matches!(&e, Entry::Client(u) if u.is_boundary()) {
+                    self.client_ready += 1;
+                }
                 if matches!(&e, Entry::Client(u) | Entry::Injected(u) if u.is_boundary()) {
                     break;
                 }
@@ -264,6 +274,9 @@ impl Plan {
             return (if injected { Verdict::Swallow } else { Verdict::Forward }, Event::None);
         }
         let popped = self.q.pop_front();
+        if t == tag::READY_FOR_QUERY && !injected {
+            self.client_ready += 1;
+        }
         if let Some(Entry::Client(Unit::Query(Some(fx)))) = popped {
             if t == tag::READY_FOR_QUERY && !fx.failed {
                 self.completed.extend(fx.done);
@@ -348,6 +361,7 @@ impl Plan {
                 Entry::CopyEnd => break,
                 Entry::Client(Unit::Sync) => {
                     self.q.remove(i);
+                    self.client_ready += 1;
                 }
                 _ => i += 1,
             }
@@ -367,6 +381,24 @@ mod tests {
             plan.emit_ready(&mut out);
         }
         (v, out)
+    }
+
+    #[test]
+    fn client_requests_are_counted_as_they_are_answered() {
+        let mut p = Plan::new(b'I');
+        p.client(Unit::Query(None));
+        p.injected(Unit::Sync);
+        p.client(Unit::Parse { global: None, client: None });
+        p.client(Unit::Sync);
+        assert_eq!((p.client_boundaries, p.client_ready), (2, 0));
+        let (_, _) = run(&mut p, b"Z");
+        assert_eq!(p.client_ready, 1, "the Query is answered");
+        let (_, _) = run(&mut p, b"Z");
+        assert_eq!(p.client_ready, 1, "the injected Sync is not the client's");
+        let (_, _) = run(&mut p, b"1Z");
+        assert_eq!(p.client_ready, 2);
+        p.reset(b'I');
+        assert_eq!((p.client_boundaries, p.client_ready), (0, 0));
     }
 
     #[test]

@@ -173,6 +173,7 @@ impl Proto {
     /// A server was just attached (at a ReadyForQuery boundary with `status`).
     pub fn attach(&mut self, status: u8) {
         self.plan.reset(status);
+        self.timing.reset();
         self.ssplit = Splitter::new(MAX_SERVER_FRAME, STREAM_ABOVE);
         self.sneed = 0;
         self.server_fatal = false;
@@ -267,6 +268,7 @@ impl Proto {
             if t == tag::SYNC {
                 self.client_skip = false;
                 self.timing.sync();
+                self.timing.forwarded(self.plan.client_boundaries);
                 self.plan.client(Unit::Sync);
                 self.to_server.extend_from_slice(frame);
             }
@@ -279,6 +281,9 @@ impl Proto {
         self.note_writes(t, body);
         let forward = |me: &mut Proto, unit: Option<Unit>| {
             if let Some(u) = unit {
+                if matches!(u, Unit::Sync | Unit::Query(_) | Unit::FunctionCall) {
+                    me.timing.forwarded(me.plan.client_boundaries);
+                }
                 me.plan.client(u);
             }
             me.to_server.extend_from_slice(frame);
@@ -486,14 +491,9 @@ impl Proto {
                         }
                         Event::Ready(status) => {
                             self.state.ready(status);
-                            if self.plan.quiet() {
-                                use crate::metrics::proxy::RouteLabel;
-                                self.timing.finish(if self.on_replica {
-                                    RouteLabel::Replica
-                                } else {
-                                    RouteLabel::Primary
-                                });
-                            }
+                            use crate::metrics::proxy::RouteLabel;
+                            let route = if self.on_replica { RouteLabel::Replica } else { RouteLabel::Primary };
+                            self.timing.answered_up_to(self.plan.client_ready, route);
                             // No transaction open and no batch half-sent: no portal can depend
                             // on a statement any more. Statements bound by requests already
                             // forwarded are used before any Close queued from now on (the

@@ -64,6 +64,8 @@ pub(super) struct Session<'a> {
     pub(super) counted_busy: bool,
     /// When the attached server was checked out.
     attached_at: std::time::Instant,
+    /// RELOAD retired this login's pools but it could not move (it keeps them until it ends).
+    pub(super) kept_old_pools: bool,
 }
 
 impl Drop for Session<'_> {
@@ -126,6 +128,7 @@ impl<'a> Session<'a> {
             state_pool: None,
             counted_busy: false,
             attached_at: std::time::Instant::now(),
+            kept_old_pools: false,
         }
     }
 

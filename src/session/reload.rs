@@ -20,6 +20,11 @@ pub fn pool_size(c: &Config, database: &str, user: &str) -> usize {
         .unwrap_or(c.pool.size) as usize
 }
 
+/// Where a database's pools connect: what makes them change (its pool size and mode do not).
+fn placement(d: &crate::config::Database) -> impl PartialEq + '_ {
+    (&d.cluster, &d.dbname, &d.layout)
+}
+
 /// Reloads; Ok: what changed (one line each), Err: why nothing did.
 pub fn reload(ctx: &Context) -> Result<Vec<String>, String> {
     let old = ctx.live_config();
@@ -41,7 +46,11 @@ pub fn reload(ctx: &Context) -> Result<Vec<String>, String> {
         ),
         ("routing", old.routing != new.routing),
         ("cache", old.cache != new.cache),
-        ("metrics", old.metrics_listen != new.metrics_listen),
+        (
+            "metrics",
+            (old.metrics_listen, old.top_queries, old.slow_query)
+                != (new.metrics_listen, new.top_queries, new.slow_query),
+        ),
         ("pool.mode", old.pool.mode != new.pool.mode),
     ];
     for (what, changed) in restart {
@@ -49,23 +58,38 @@ pub fn reload(ctx: &Context) -> Result<Vec<String>, String> {
             notes.push(format!("{what} changed: takes effect after a restart"));
         }
     }
+    // Logins resolve their pools under the read side: none sees the clusters, pools and
+    // config halfway through the change.
+    let _changing = ctx.resolving.write().unwrap_or_else(|p| p.into_inner());
     let clusters = ctx.clusters.update(&new).map_err(|e| e.to_string())?;
     let mut databases: Vec<&String> = old.databases.keys().chain(new.databases.keys()).collect();
     databases.sort();
     databases.dedup();
-    databases.retain(|d| old.databases.get(*d) != new.databases.get(*d));
+    databases.retain(|d| old.databases.get(*d).map(placement) != new.databases.get(*d).map(placement));
     for c in &clusters {
         notes.push(format!("cluster {c} changed: new pools; sessions move to them between transactions"));
     }
     for d in &databases {
         notes.push(format!("database {d} changed: new pools; sessions move to them between transactions"));
     }
+    let mode_changed =
+        |d: &String| old.databases.get(d).and_then(|x| x.pool_mode) != new.databases.get(d).and_then(|x| x.pool_mode);
+    for d in old.databases.keys().filter(|d| new.databases.contains_key(*d) && mode_changed(d)) {
+        notes.push(format!("databases.{d}.pool_mode changed: takes effect after a restart"));
+    }
     let retired = ctx.pools.retire(|p| {
         let key = p.name.rsplit_once('/').map_or(p.name.as_str(), |(k, _)| k);
         let database = key.split(['#', '@']).next().unwrap_or(key);
-        clusters.contains(&p.cluster) || databases.iter().any(|d| d.as_str() == database)
+        // A pool of the database's home cluster (no `#cluster` in its key) whose database
+        // now lives elsewhere (its entry, or the default cluster, changed).
+        let home = new.databases.get(database).map_or(new.default_cluster.as_str(), |d| d.cluster.as_str());
+        let moved =
+            !key.contains('#') && new.databases.get(database).is_none_or(|d| d.layout.is_none()) && p.cluster != home;
+        clusters.contains(&p.cluster) || databases.iter().any(|d| d.as_str() == database) || moved
     });
     if !retired.is_empty() {
+        // What the proxy says at login (server_version, ...) may differ on the new servers.
+        ctx.welcomes.clear();
         notes.push(format!("retired pools: {}", retired.join(", ")));
     }
     for pool in ctx.pools.all() {
@@ -121,13 +145,17 @@ impl super::relay::Session<'_> {
                 self.set_state(None);
                 self.login = new;
                 self.set_state(state);
-                // Positions of the old members mean nothing to the new ones.
-                self.min_lsn = 0;
                 self.proto.route_cache = None;
                 tracing::info!("session moved to the reloaded configuration's pools");
             }
-            Ok(_) => tracing::warn!("pool mode changed by RELOAD: this session keeps its old pools until it ends"),
-            Err(e) => tracing::warn!(error = %e, "RELOAD: this session keeps its old pools until it ends"),
+            Ok(_) => {
+                self.kept_old_pools = true;
+                tracing::warn!("pool mode changed by RELOAD: this session keeps its old pools until it ends");
+            }
+            Err(e) => {
+                self.kept_old_pools = true;
+                tracing::warn!(error = %e, "RELOAD: this session keeps its old pools until it ends");
+            }
         }
     }
 }

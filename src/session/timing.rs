@@ -1,11 +1,12 @@
 //! Request timing for SHOW QUERIES, the slow-query log and the per-request tracing span. A
 //! request is a simple Query, or an extended batch up to its Sync that executes something; it
-//! is timed from being forwarded to the ReadyForQuery that ends it and recorded under its
-//! statement's fingerprint (the first statement of a batch; pipelined requests sent before the
-//! first is answered count with it). Texts are shown without their literals. Off (no
-//! fingerprinting at all) when neither `metrics.top_queries` nor `metrics.slow_query` is set.
+//! is timed from being forwarded to the ReadyForQuery that ends it (pipelined requests each
+//! by their own, matched in order with the plan's count of answered requests) and recorded
+//! under its statement's fingerprint (a batch under its first statement). Texts are shown
+//! without literals or comments. Off (no fingerprinting at all) when neither
+//! `metrics.top_queries` nor `metrics.slow_query` is set.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,7 +44,10 @@ pub struct Timing {
     /// The extended batch being sent: its first statement's shape, and whether it executes.
     batch: Option<(u64, Option<String>)>,
     executes: bool,
-    current: Option<Current>,
+    /// What the next request forwarded is (set by `query` or `sync`).
+    next: Option<(u64, Option<String>)>,
+    /// Requests forwarded and not yet answered: the plan's index of each, and what to record.
+    pending: VecDeque<(u64, Option<Current>)>,
     /// Time the request waited for a server (set by the session after a checkout).
     waited: Duration,
 }
@@ -60,7 +64,8 @@ impl Timing {
             seen: HashSet::new(),
             batch: None,
             executes: false,
-            current: None,
+            next: None,
+            pending: VecDeque::new(),
             waited: Duration::ZERO,
         }
     }
@@ -84,7 +89,7 @@ impl Timing {
             self.seen.clear();
         }
         self.seen.insert(fp);
-        (fp, Some(without_literals(sql, &self.literals, MAX_TEXT)))
+        (fp, Some(without_literals(sql, MAX_TEXT)))
     }
 
     /// The shape of a statement being prepared (kept with it for later Binds).
@@ -93,16 +98,14 @@ impl Timing {
             return None;
         }
         let fp = fingerprint_into(sql, &mut self.key, &mut self.literals);
-        Some(Shape { fingerprint: fp, text: without_literals(sql, &self.literals, MAX_TEXT).into() })
+        Some(Shape { fingerprint: fp, text: without_literals(sql, MAX_TEXT).into() })
     }
 
-    /// A simple Query is forwarded.
+    /// A simple Query is about to be forwarded.
     pub fn query(&mut self, sql: &str) {
-        if !self.on() || self.current.is_some() {
-            return;
+        if self.on() {
+            self.next = Some(self.fingerprint(sql));
         }
-        let (fp, text) = self.fingerprint(sql);
-        self.start(fp, text);
     }
 
     /// A Parse of `sql` is forwarded (the unnamed statement, or without statement tracking).
@@ -126,43 +129,60 @@ impl Timing {
         self.executes = true;
     }
 
-    /// A Sync is forwarded: the batch, if it executed something, is timed.
+    /// A Sync is about to be forwarded: the batch, if it executed something, is timed.
     pub fn sync(&mut self) {
         let batch = self.batch.take();
         let executes = std::mem::take(&mut self.executes);
         let Some((fp, text)) = batch else { return };
-        if !executes || self.current.is_some() {
+        if !executes {
             if text.is_some() {
                 // Its text was not reported: report it with the next request of this shape.
                 self.seen.remove(&fp);
             }
             return;
         }
-        self.start(fp, text);
+        self.next = Some((fp, text));
+    }
+
+    /// A request (Query, Sync or FunctionCall) is forwarded as the plan's request `index`.
+    pub fn forwarded(&mut self, index: u64) {
+        let next = self.next.take();
+        if !self.on() {
+            return;
+        }
+        let current = next.map(|(fingerprint, text)| {
+            let span = tracing::debug_span!(
+                "request",
+                fingerprint = %format_args!("{fingerprint:016x}"),
+                route = tracing::field::Empty,
+                pool_wait_us = tracing::field::Empty,
+                server_us = tracing::field::Empty,
+            );
+            Current { fingerprint, text, started: Instant::now(), span }
+        });
+        self.pending.push_back((index, current));
+    }
+
+    /// The plan has seen `answered` requests answered: those are recorded.
+    pub fn answered_up_to(&mut self, answered: u64, route: RouteLabel) {
+        while self.pending.front().is_some_and(|(i, _)| *i < answered) {
+            let Some((_, c)) = self.pending.pop_front() else { break };
+            if let Some(c) = c {
+                let took = c.started.elapsed();
+                let waited = std::mem::take(&mut self.waited);
+                self.record(c, route, took, waited);
+            }
+        }
+    }
+
+    /// A new server is attached: nothing forwarded is owed any more.
+    pub fn reset(&mut self) {
+        self.pending.clear();
     }
 
     /// The session waited this long for the server the next request runs on.
     pub fn waited(&mut self, d: Duration) {
         self.waited = d;
-    }
-
-    fn start(&mut self, fingerprint: u64, text: Option<String>) {
-        let span = tracing::debug_span!(
-            "request",
-            fingerprint = %format_args!("{fingerprint:016x}"),
-            route = tracing::field::Empty,
-            pool_wait_us = tracing::field::Empty,
-            server_us = tracing::field::Empty,
-        );
-        self.current = Some(Current { fingerprint, text, started: Instant::now(), span });
-    }
-
-    /// Everything forwarded has been answered (a ReadyForQuery with nothing more owed).
-    pub fn finish(&mut self, route: RouteLabel) {
-        let Some(c) = self.current.take() else { return };
-        let took = c.started.elapsed();
-        let waited = std::mem::take(&mut self.waited);
-        self.record(c, route, took, waited);
     }
 
     /// A request the proxy answered itself (from the cache) in `took`.
@@ -203,7 +223,8 @@ impl Timing {
 
     /// The server went away or the request was abandoned: nothing to record.
     pub fn abandon(&mut self) {
-        self.current = None;
+        self.pending.clear();
+        self.next = None;
         self.batch = None;
         self.executes = false;
     }

@@ -41,6 +41,11 @@ impl WelcomeCache {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
     }
 
+    /// Forgets every welcome (the servers behind them may have changed).
+    pub fn clear(&self) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     pub fn put(&self, key: WelcomeKey, w: Welcome) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_ENTRIES {
