@@ -301,16 +301,49 @@ fn cte_columns(t: &[Spanned<'_>], open: usize) -> bool {
 }
 
 /// Words that start statements which change no table's rows.
-const NO_WRITE_WORDS: &str = "select values table with set reset show begin start commit end rollback abort \
-    savepoint release prepare deallocate discard listen unlisten notify lock declare fetch move close \
-    explain vacuum analyze analyse checkpoint load cluster reindex";
+const NO_WRITE_WORDS: [&str; 34] = [
+    "select",
+    "values",
+    "table",
+    "with",
+    "set",
+    "reset",
+    "show",
+    "begin",
+    "start",
+    "commit",
+    "end",
+    "rollback",
+    "abort",
+    "savepoint",
+    "release",
+    "prepare",
+    "deallocate",
+    "discard",
+    "listen",
+    "unlisten",
+    "notify",
+    "lock",
+    "declare",
+    "fetch",
+    "move",
+    "close",
+    "explain",
+    "vacuum",
+    "analyze",
+    "analyse",
+    "checkpoint",
+    "load",
+    "cluster",
+    "reindex",
+];
 
 /// Tables a statement the client sends may write (several statements: all of them).
 pub fn writes(sql: &str) -> Writes {
     // The common case without tokenizing: a read or a session statement, with no DML word
     // anywhere (a writable CTE or EXPLAIN ANALYZE of a write would have one).
     if let Some(w) = crate::route::lexer::first_word(sql) {
-        let quiet = NO_WRITE_WORDS.split_ascii_whitespace().any(|x| x.eq_ignore_ascii_case(w));
+        let quiet = NO_WRITE_WORDS.iter().any(|x| x.eq_ignore_ascii_case(w));
         if quiet && !has_dml_word(sql) {
             return Writes::None;
         }
@@ -325,11 +358,16 @@ pub fn writes(sql: &str) -> Writes {
     all
 }
 
+/// Does a DML word appear anywhere (case-insensitive, even inside another word or a string)?
+/// One pass: only bytes that can start one are compared further.
 fn has_dml_word(sql: &str) -> bool {
+    const WORDS: [&[u8]; 6] = [b"insert", b"update", b"delete", b"merge", b"truncate", b"copy"];
     let b = sql.as_bytes();
-    ["insert", "update", "delete", "merge", "truncate", "copy"]
-        .iter()
-        .any(|w| b.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w.as_bytes())))
+    (0..b.len()).any(|i| {
+        let c = b[i].to_ascii_lowercase();
+        matches!(c, b'i' | b'u' | b'd' | b'm' | b't' | b'c')
+            && WORDS.iter().any(|w| w[0] == c && b[i..].len() >= w.len() && b[i..i + w.len()].eq_ignore_ascii_case(w))
+    })
 }
 
 fn statement_writes(sql: &str) -> Writes {
@@ -426,7 +464,7 @@ fn statement_writes(sql: &str) -> Writes {
     if !found.is_empty() {
         return Writes::Tables(found);
     }
-    if first == "(" || listed(NO_WRITE_WORDS, first) {
+    if first == "(" || NO_WRITE_WORDS.contains(&first) {
         return Writes::None;
     }
     Writes::Any

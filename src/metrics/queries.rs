@@ -6,6 +6,7 @@
 //! pg_stat_statements does, so a flood of distinct statements costs one sort per tenth.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -40,15 +41,56 @@ fn route_index(r: RouteLabel) -> usize {
     }
 }
 
+/// Hashes for maps keyed by fingerprints (already well-mixed hashes): one multiply with a
+/// key drawn per map, so nobody can aim statements at one bucket, instead of SipHash.
+#[derive(Clone, Copy)]
+pub struct FingerprintHash(u64);
+
+impl Default for FingerprintHash {
+    fn default() -> Self {
+        FingerprintHash(rand::random::<u64>() | 1)
+    }
+}
+
+impl BuildHasher for FingerprintHash {
+    type Hasher = KeyedHasher;
+    fn build_hasher(&self) -> KeyedHasher {
+        KeyedHasher { key: self.0, h: 0 }
+    }
+}
+
+pub struct KeyedHasher {
+    key: u64,
+    h: u64,
+}
+
+impl Hasher for KeyedHasher {
+    fn finish(&self) -> u64 {
+        let x = self.h.wrapping_mul(self.key);
+        x ^ (x >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.h = (self.h.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.h ^= n;
+    }
+}
+
+/// A map keyed by fingerprints.
+pub type FingerprintMap<V> = HashMap<u64, V, FingerprintHash>;
+
 /// The shared table; `capacity` 0 turns it off.
 pub struct QueryStats {
     capacity: usize,
-    map: Mutex<HashMap<u64, Stat>>,
+    map: Mutex<FingerprintMap<Stat>>,
 }
 
 impl QueryStats {
     pub fn new(capacity: usize) -> QueryStats {
-        QueryStats { capacity, map: Mutex::new(HashMap::new()) }
+        QueryStats { capacity, map: Mutex::new(FingerprintMap::default()) }
     }
 
     pub fn enabled(&self) -> bool {
@@ -103,7 +145,7 @@ impl QueryStats {
 }
 
 /// Forgets the least-called tenth (at least one).
-fn evict(map: &mut HashMap<u64, Stat>, capacity: usize) {
+fn evict(map: &mut FingerprintMap<Stat>, capacity: usize) {
     let mut calls: Vec<(u64, u64)> = map.iter().map(|(k, s)| (s.calls, *k)).collect();
     calls.sort_unstable();
     for (_, k) in calls.into_iter().take((capacity / 10).max(1)) {

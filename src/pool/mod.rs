@@ -39,7 +39,8 @@ impl managed::Manager for Manager {
     type Error = ServerError;
 
     async fn create(&self) -> Result<ServerConn, ServerError> {
-        let mut conn = connect(&self.target).await?;
+        // Boxed: the connect state machine is large, and every checkout future would carry it.
+        let mut conn = Box::pin(connect(&self.target)).await?;
         let _ = self.defaults.set(conn.params.clone());
         let tcp = conn.stream.tcp();
         let (peer, local) = (tcp.peer_addr().ok(), tcp.local_addr().ok());
@@ -282,6 +283,21 @@ impl ServerPool {
 
     pub fn defaults(&self) -> Option<&HashMap<String, String>> {
         self.pool.manager().defaults.get()
+    }
+
+    /// An idle connection without waiting, arming no timer and taking no place in the wait
+    /// queue. None when none is idle (then `checkout` waits, or opens one, as it does) or the
+    /// one found was unusable.
+    pub async fn try_checkout(&self) -> Result<Option<Pooled>, CheckoutError> {
+        if self.pool.status().available == 0 {
+            return Ok(None);
+        }
+        let now = Timeouts { wait: Some(Duration::ZERO), create: None, recycle: None };
+        match self.pool.timeout_get(&now).await {
+            Ok(c) => Ok(Some(Pooled::new(c))),
+            Err(PoolError::Timeout(_) | PoolError::Backend(_)) => Ok(None),
+            Err(_) => Err(CheckoutError::Closed(self.name.clone())),
+        }
     }
 
     /// Waits up to the pool's wait timeout for a connection. Opening a connection that fails

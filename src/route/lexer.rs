@@ -534,12 +534,56 @@ fn trimmed(src: &[u8], mut start: usize, mut end: usize) -> Range<usize> {
     start..end
 }
 
+/// Case-insensitive substring test without allocating or tokenizing (`needle` in lowercase):
+/// candidates for its first byte are found eight bytes at a time, then compared.
+pub fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    let Some(&first) = needle.first() else { return true };
+    if hay.len() < needle.len() {
+        return false;
+    }
+    let starts = &hay[..=hay.len() - needle.len()];
+    let at = |i: usize| hay[i..i + needle.len()].eq_ignore_ascii_case(needle);
+    if !first.is_ascii_lowercase() {
+        return (0..starts.len()).any(|i| starts[i].to_ascii_lowercase() == first && at(i));
+    }
+    // For a lowercase letter, `b | 0x20 == first` exactly when `b` is it in either case.
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let pattern = ONES * u64::from(first);
+    let mut chunks = starts.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes")) | (ONES * 0x20);
+        let v = word ^ pattern;
+        if (v.wrapping_sub(ONES) & !v & HIGHS) != 0 && (base..base + 8).any(|i| hay[i] | 0x20 == first && at(i)) {
+            return true;
+        }
+        base += 8;
+    }
+    (base..starts.len()).any(|i| hay[i] | 0x20 == first && at(i))
+}
+
 /// Splits into top-level statements at `;` (semicolons inside strings, quoted identifiers,
 /// comments, dollar quotes, parentheses and `BEGIN ATOMIC` bodies do not count, as in psql);
 /// returns the byte ranges of the non-empty statements, trimmed of whitespace, in order. A
 /// statement's range includes comments before its first token (hints live there); a segment of
 /// only comments is not a statement.
 pub fn split_statements(sql: &str) -> Vec<Range<usize>> {
+    let src = sql.as_bytes();
+    // The common case without tokenizing: nothing that can quote or comment out a `;`, and
+    // no `;` but one at the very end.
+    if !src.iter().any(|b| matches!(b, b'\'' | b'"' | b'$' | b'-' | b'/' | b'\\')) {
+        let body_end = src.iter().rposition(|b| !is_space(*b)).map_or(0, |i| i + 1);
+        let end = if src[..body_end].ends_with(b";") { body_end - 1 } else { body_end };
+        if !src[..end].contains(&b';') {
+            let r = trimmed(src, 0, end);
+            return if r.is_empty() { Vec::new() } else { vec![r] };
+        }
+    }
+    split_tokenized(sql)
+}
+
+fn split_tokenized(sql: &str) -> Vec<Range<usize>> {
     let src = sql.as_bytes();
     let mut out = Vec::new();
     let mut seg_start = 0;
@@ -573,6 +617,44 @@ pub fn split_statements(sql: &str) -> Vec<Range<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_fast_path_agrees_with_the_tokenizer() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1;",
+            "  select 1  ;  ",
+            "select 1",
+            ";",
+            "",
+            "   ",
+            "select 1;;",
+            "select 1; select 2",
+            "select f(1, 2);\n",
+            "select 'a;b';",
+            "select 1 -- ;",
+            "BEGIN ATOMIC select 1; END",
+        ] {
+            assert_eq!(split_statements(sql), split_tokenized(sql), "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn contains_ci_finds_needles_anywhere() {
+        assert!(contains_ci(b"SET Pgweir.route = x", b"pgweir."));
+        assert!(!contains_ci(b"set pgweir_route", b"pgweir."));
+        assert!(contains_ci(b"x", b""));
+        assert!(!contains_ci(b"pg", b"pgweir."));
+        assert!(contains_ci(b"PG_ADVISORY_LOCK(1)", b"advisory_"));
+        // Every position, in and out of the eight-byte steps, and both cases.
+        let hay = b"0123456789abcdefghijKLMNOPQRSTuvwxyz";
+        for start in 0..hay.len() {
+            for len in 1..=(hay.len() - start).min(5) {
+                let needle = hay[start..start + len].to_ascii_lowercase();
+                assert!(contains_ci(hay, &needle), "{:?}", std::str::from_utf8(&needle));
+            }
+        }
+        assert!(!contains_ci(hay, b"zz") && !contains_ci(hay, b"9b") && !contains_ci(b"@@@@@@@@@@", b"`"));
+    }
 
     fn toks(sql: &str) -> Vec<Token<'_>> {
         tokenize(sql).into_iter().map(|s| s.token).collect()

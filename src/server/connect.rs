@@ -99,12 +99,13 @@ async fn connect_inner(target: &Target, addr: &str) -> Result<ServerConn, Server
         params: HashMap::new(),
         applied: HashMap::new(),
         prepared: super::prepared::PreparedCache::new(target.prepared_cap),
-        cancel_key: CancelKey { addr: cancel_addr, pid: 0, secret: Vec::new() },
+        cancel_key: std::sync::Arc::new(CancelKey { addr: cancel_addr, pid: 0, secret: Vec::new() }),
         status: b'I',
         broken: false,
         created: Instant::now(),
         id: target.next_id.fetch_add(1, Ordering::Relaxed),
         registered: None,
+        synced: 0,
     };
     let mut out = BytesMut::new();
     // No application_name: the pool's defaults must be what a client that sets none would see
@@ -121,8 +122,9 @@ async fn connect_inner(target: &Target, addr: &str) -> Result<ServerConn, Server
             tag::BACKEND_KEY_DATA => {
                 let (pid, secret) = parse_backend_key_data(&body)
                     .ok_or_else(|| ServerError::Protocol("malformed BackendKeyData".into()))?;
-                conn.cancel_key.pid = pid;
-                conn.cancel_key.secret = secret;
+                let key = std::sync::Arc::make_mut(&mut conn.cancel_key);
+                key.pid = pid;
+                key.secret = secret;
             }
             tag::READY_FOR_QUERY => {
                 conn.status = body.first().copied().unwrap_or(b'I');

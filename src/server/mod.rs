@@ -102,7 +102,8 @@ pub struct ServerConn {
     pub applied: HashMap<String, String>,
     /// Server-side prepared statements (global names) this connection holds.
     pub prepared: prepared::PreparedCache,
-    pub cancel_key: CancelKey,
+    /// Shared with the session's cancel slot while attached (no copy per checkout).
+    pub cancel_key: std::sync::Arc<CancelKey>,
     /// Last ReadyForQuery status seen: b'I', b'T' or b'E'.
     pub status: u8,
     /// Set when the connection must not be reused (I/O error, protocol confusion).
@@ -111,6 +112,9 @@ pub struct ServerConn {
     pub id: u64,
     /// Its place in its pool's list of open connections (None outside a pool).
     pub registered: Option<registry::Registration>,
+    /// The `ClientParams::shape` its settings match, while nothing changed them since (0: not
+    /// known). Cleared whenever a setting changes on it.
+    pub synced: u64,
 }
 
 /// The result of one of the proxy's own exchanges under `CONTROL_TIMEOUT`: any failure marks the
@@ -188,6 +192,8 @@ impl ServerConn {
     /// Runs SQL the proxy issues itself and waits for ReadyForQuery. ParameterStatus updates are
     /// recorded; the first error is returned (the connection stays usable unless it was FATAL).
     pub async fn run_control(&mut self, sql: &str) -> Result<Option<ErrorFields>, ServerError> {
+        // Whatever it changes, the settings are no longer known to match anyone's.
+        self.synced = 0;
         let r = tokio::time::timeout(CONTROL_TIMEOUT, self.run_control_inner(sql)).await;
         settle(&mut self.broken, r)
     }
@@ -260,6 +266,7 @@ impl ServerConn {
     }
 
     pub fn record_parameter(&mut self, body: &[u8]) {
+        self.synced = 0;
         if let Some((k, v)) = parse_parameter_status(body) {
             self.params.insert(k, v);
         }
@@ -268,6 +275,7 @@ impl ServerConn {
     /// Brings a connection that a client left mid-transaction back to idle: rolls back an open
     /// transaction. Returns false if the connection cannot be trusted and must be closed.
     pub async fn rollback_if_needed(&mut self) -> bool {
+        self.synced = 0;
         if self.broken || !self.rbuf.is_empty() {
             return false;
         }

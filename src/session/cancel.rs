@@ -16,7 +16,7 @@ use crate::server::{cancel, CancelKey};
 /// One client's cancel state.
 #[derive(Default)]
 pub struct CancelSlot {
-    target: Mutex<Option<CancelKey>>,
+    target: Mutex<Option<Arc<CancelKey>>>,
     /// Wakes a session waiting for a server.
     pub queued: Notify,
     /// Read-held while a cancel is forwarded; write-held to change the target.
@@ -31,7 +31,7 @@ pub struct CancelSlot {
 
 impl CancelSlot {
     /// The session now uses this server.
-    pub fn attach(&self, key: CancelKey) {
+    pub fn attach(&self, key: Arc<CancelKey>) {
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
     }
 

@@ -39,10 +39,10 @@ impl Proto {
             return;
         }
         let w = match t {
-            tag::QUERY => writes(&String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body))),
+            tag::QUERY => writes(&crate::wire::text(body.strip_suffix(&[0]).unwrap_or(body))),
             tag::PARSE => {
                 let Some(p) = stmts::parse_parse(body) else { return };
-                let w = writes(&String::from_utf8_lossy(p.query));
+                let w = writes(&crate::wire::text(p.query));
                 if p.name.is_empty() {
                     self.cstate.unnamed = w.clone();
                 } else if !self.rewrite {
@@ -60,12 +60,12 @@ impl Proto {
             tag::BIND => {
                 let Some((_, rest)) = cstr(body) else { return };
                 let Some((stmt, _)) = cstr(rest) else { return };
-                let stmt = String::from_utf8_lossy(stmt);
+                let stmt = crate::wire::text(stmt);
                 if stmt.is_empty() {
                     self.cstate.unnamed.clone()
                 } else if self.rewrite {
                     match self.stmts.get(&stmt).and_then(|d| {
-                        stmts::parse_parse(&d.parse_frame[5..]).map(|p| writes(&String::from_utf8_lossy(p.query)))
+                        stmts::parse_parse(&d.parse_frame[5..]).map(|p| writes(&crate::wire::text(p.query)))
                     }) {
                         Some(w) => w,
                         None => return,

@@ -60,6 +60,9 @@ pub struct ClientParams {
     want: Vec<(String, Value)>,
     /// The startup values of unreported settings: what RESET returns to.
     startup: Vec<(String, Value)>,
+    /// A hash of `want` (never 0 once computed): a server last synced to the same shape, and
+    /// unchanged since, needs no sync (`ServerConn::synced`).
+    shape: u64,
 }
 
 impl ClientParams {
@@ -77,7 +80,33 @@ impl ClientParams {
             p.set(k, Value::Config(v.clone()));
         }
         p.startup = p.want.iter().filter(|(k, _)| reported_name(k).is_none()).cloned().collect();
+        p.reshape();
         p
+    }
+
+    /// What `ServerConn::synced` holds for a server that matches this client.
+    pub fn shape(&self) -> u64 {
+        self.shape
+    }
+
+    fn reshape(&mut self) {
+        // FNV-1a over every name and value, tagged and separated.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |b: &[u8]| {
+            for &x in b {
+                h = (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3);
+            }
+            h = (h ^ 0xFF).wrapping_mul(0x0100_0000_01b3);
+        };
+        for (k, v) in &self.want {
+            eat(k.as_bytes());
+            eat(match v {
+                Value::Config(_) => b"c",
+                Value::Sql(_) => b"s",
+            });
+            eat(v.text().as_bytes());
+        }
+        self.shape = h.max(1);
     }
 
     fn canonical(name: &str) -> String {
@@ -91,6 +120,7 @@ impl ClientParams {
             Some(slot) => slot.1 = value,
             None => self.want.push((name, value)),
         }
+        self.reshape();
     }
 
     /// RESET name: back to the startup value, or to the server's default.
@@ -103,6 +133,7 @@ impl ClientParams {
         if let Some((_, v)) = self.startup.iter().find(|(k, _)| *k == name) {
             self.want.push((name, v.clone()));
         }
+        self.reshape();
     }
 
     /// RESET ALL / DISCARD ALL: unreported settings back to their startup values (reported ones
@@ -110,6 +141,7 @@ impl ClientParams {
     pub fn reset_all(&mut self) {
         self.want.retain(|(k, _)| reported_name(k).is_some());
         self.want.extend(self.startup.iter().cloned());
+        self.reshape();
     }
 
     /// Every setting that can change a result, sorted by name, for the result cache's key
@@ -142,6 +174,7 @@ impl ClientParams {
                 }
             }
         }
+        self.reshape();
     }
 
     /// SQL that makes a server match this client, or None if it already does. `applied` holds
@@ -207,6 +240,23 @@ mod tests {
 
     fn map(kv: &[(&str, &str)]) -> HashMap<String, String> {
         kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_shape_follows_every_change() {
+        let mut p = ClientParams::new(Some(&map(&[("DateStyle", "ISO, MDY")])), &[("search_path".into(), "a".into())]);
+        let q = ClientParams::new(Some(&map(&[("DateStyle", "ISO, MDY")])), &[("search_path".into(), "a".into())]);
+        assert_eq!(p.shape(), q.shape(), "same settings, same shape");
+        let start = p.shape();
+        p.set("search_path", Value::Sql("b".into()));
+        assert_ne!(p.shape(), start);
+        p.reset("search_path");
+        assert_eq!(p.shape(), start, "back to the startup value");
+        p.on_parameter_status("DateStyle", "German");
+        assert_ne!(p.shape(), start);
+        p.adopt_reported(&map(&[("DateStyle", "ISO, MDY")]));
+        assert_eq!(p.shape(), start);
+        assert_ne!(ClientParams::default().shape(), start);
     }
 
     #[test]

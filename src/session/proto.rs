@@ -302,7 +302,7 @@ impl Proto {
                 self.plan.synthetic(rfq.freeze());
             }
             tag::QUERY if self.rewrite => {
-                let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+                let text = crate::wire::text(body.strip_suffix(&[0]).unwrap_or(body));
                 if let Some(err) = self.shard_refusal(&text, None) {
                     self.refuse(err);
                     self.client_skip = false;
@@ -331,7 +331,7 @@ impl Proto {
             }
             tag::QUERY => {
                 if self.timing.on() {
-                    self.timing.query(&String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)));
+                    self.timing.query(&crate::wire::text(body.strip_suffix(&[0]).unwrap_or(body)));
                 }
                 forward(self, Some(Unit::Query(None)))
             }
@@ -368,7 +368,7 @@ impl Proto {
             tag::PARSE if self.rewrite => self.client_parse(frame, body, server, params, split),
             tag::PARSE => {
                 if let Some(p) = stmts::parse_parse(body).filter(|_| self.timing.on()) {
-                    self.timing.parse(&String::from_utf8_lossy(p.query));
+                    self.timing.parse(&crate::wire::text(p.query));
                 }
                 forward(self, Some(Unit::Parse { global: None, client: None }))
             }
@@ -460,6 +460,7 @@ impl Proto {
                             if let Some((k, v)) = parse_parameter_status(body) {
                                 params.on_parameter_status(&k, &v);
                                 server.params.insert(k, v);
+                                server.synced = 0;
                             }
                         }
                         tag::ERROR_RESPONSE => {
@@ -479,6 +480,8 @@ impl Proto {
                     let (verdict, event) = self.plan.on_server(h.tag, body, out);
                     // Completed statements first: a COMMIT's effects precede its ReadyForQuery.
                     for (fx, tag) in std::mem::take(&mut self.plan.completed) {
+                        // The statement may have changed a setting on the server.
+                        server.synced = 0;
                         let mut side = ServerSide { applied: &mut server.applied, prepared: &mut server.prepared };
                         self.state.completed(&fx, &tag, params, &mut self.stmts, &mut side);
                     }
@@ -567,7 +570,7 @@ impl Proto {
         let Some((_, stmt, rest_at)) = stmts::parse_bind_names(body) else { return false };
         let Some(def) = self.stmts.get(stmt).filter(|_| !stmt.is_empty()) else { return false };
         let Some(p) = stmts::parse_parse(&def.parse_frame[5..]) else { return false };
-        let text = String::from_utf8_lossy(p.query).into_owned();
+        let text = crate::wire::text(p.query).into_owned();
         let cache = self.route_cache.get_or_insert_with(Default::default);
         check.elsewhere(cache, &text, &body[rest_at..])
     }

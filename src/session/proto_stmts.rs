@@ -52,7 +52,7 @@ impl Proto {
             let body = &buf[range.start + 5..range.end];
             let Some(p) = stmts::parse_parse(body) else { return false };
             let global = stmts::global_name(p.query, p.types, params.get("search_path").unwrap_or(""));
-            let text = String::from_utf8_lossy(p.query);
+            let text = crate::wire::text(p.query);
             let def = Arc::new(StatementDef {
                 parse_frame: stmts::parse_frame(&global, p.query, p.types),
                 global,
@@ -87,7 +87,7 @@ impl Proto {
             self.to_server.extend_from_slice(frame);
             return;
         };
-        let text = String::from_utf8_lossy(p.query);
+        let text = crate::wire::text(p.query);
         let fx = effects(&text);
         let read = split.is_some_and(|ctx| super::routing::is_read(ctx, &text));
         self.wrote |= split.is_some() && !read;

@@ -357,6 +357,7 @@ impl<'a> Session<'a> {
             }
         }
         self.params.adopt_reported(&server.params);
+        server.synced = self.params.shape();
         Ok(server)
     }
 
@@ -419,15 +420,20 @@ impl<'a> Session<'a> {
                     ))
                 }
             };
-            let waited = pool.status().available == 0;
             let wait_start = std::time::Instant::now();
-            let got = {
-                let notified = slot.queued.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                tokio::select! {
-                    r = pool.checkout() => r,
-                    _ = notified => return Err(PgError::error(SqlState::QUERY_CANCELED, "canceling statement due to user request")),
+            // Most checkouts find a connection at once; only a real wait listens for a cancel.
+            let (got, waited) = match pool.try_checkout().await {
+                Ok(Some(s)) => (Ok(s), false),
+                Err(e) => (Err(e), false),
+                Ok(None) => {
+                    let notified = slot.queued.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    let r = tokio::select! {
+                        r = pool.checkout() => r,
+                        _ = notified => return Err(PgError::error(SqlState::QUERY_CANCELED, "canceling statement due to user request")),
+                    };
+                    (r, true)
                 }
             };
             let m = &self.ctx.metrics.proxy;
@@ -459,7 +465,13 @@ impl<'a> Session<'a> {
                 (Err(e), _) => return Err(e.to_pg()),
             }
         };
-        if let Some((sql, next)) = self.params.sync_sql(&server.params, &server.applied) {
+        // A server last synced to settings like this client's, and unchanged since, needs nothing.
+        let todo = if server.synced == self.params.shape() {
+            None
+        } else {
+            self.params.sync_sql(&server.params, &server.applied)
+        };
+        if let Some((sql, next)) = todo {
             match server.run_control(&sql).await {
                 Ok(None) => server.applied = next,
                 Ok(Some(err)) => {
@@ -477,6 +489,7 @@ impl<'a> Session<'a> {
                 }
             }
         }
+        server.synced = self.params.shape();
         self.cancel.slot.attach(server.cancel_key.clone());
         self.attach(server, pool, member);
         Ok(())

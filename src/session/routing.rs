@@ -73,10 +73,10 @@ impl Session<'_> {
             let read = match h.tag {
                 tag::QUERY => {
                     let text = body.strip_suffix(&[0]).unwrap_or(body);
-                    return !saw_statement && is_read(self.ctx, &String::from_utf8_lossy(text));
+                    return !saw_statement && is_read(self.ctx, &crate::wire::text(text));
                 }
                 tag::PARSE => match cstr(body).and_then(|(_, rest)| cstr(rest)) {
-                    Some((q, _)) => is_read(self.ctx, &String::from_utf8_lossy(q)),
+                    Some((q, _)) => is_read(self.ctx, &crate::wire::text(q)),
                     None => false,
                 },
                 tag::BIND => match super::stmts::parse_bind_names(body) {
@@ -355,13 +355,10 @@ impl Session<'_> {
 /// A Query body that sets or shows one of the proxy's own settings.
 pub fn mentions_pgweir_setting(body: &[u8]) -> bool {
     memchr_ci(body, b"pgweir.")
-        && proxy_statement(&String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body))).is_some()
+        && proxy_statement(&crate::wire::text(body.strip_suffix(&[0]).unwrap_or(body))).is_some()
 }
 
-/// Case-insensitive substring test without allocating.
-fn memchr_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
-}
+use crate::route::lexer::contains_ci as memchr_ci;
 
 enum ProxyStatement {
     SetRoute(Option<Route>),

@@ -187,7 +187,12 @@ impl Session<'_> {
             legs.push(leg);
         }
         for server in legs.iter_mut() {
-            if let Some((sql, next)) = self.params.sync_sql(&server.params, &server.applied) {
+            let todo = if server.synced == self.params.shape() {
+                None
+            } else {
+                self.params.sync_sql(&server.params, &server.applied)
+            };
+            if let Some((sql, next)) = todo {
                 match server.run_control(&sql).await {
                     Ok(None) => server.applied = next,
                     Ok(Some(err)) => {
@@ -199,6 +204,7 @@ impl Session<'_> {
                     Err(e) => return Err(lost(e)),
                 }
             }
+            server.synced = self.params.shape();
         }
         Ok(legs)
     }

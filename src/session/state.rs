@@ -28,7 +28,15 @@ pub struct Pins {
 
 impl Pins {
     pub fn any(&self) -> bool {
-        !self.reasons().is_empty()
+        !self.temp.is_empty()
+            || !self.listen.is_empty()
+            || self.advisory > 0
+            || !self.cursors.is_empty()
+            || !self.sql_prepared.is_empty()
+            || self.load
+            || self.sequence
+            || self.role
+            || self.unreplayable
     }
 
     /// The reasons in force, for logs and metrics.

@@ -40,7 +40,7 @@ pub struct Timing {
     slow: Duration,
     key: Vec<u8>,
     literals: Vec<(usize, usize)>,
-    seen: HashSet<u64>,
+    seen: HashSet<u64, crate::metrics::queries::FingerprintHash>,
     /// The extended batch being sent: its first statement's shape, and whether it executes.
     batch: Option<(u64, Option<String>)>,
     executes: bool,
@@ -61,7 +61,7 @@ impl Timing {
             slow,
             key: Vec::new(),
             literals: Vec::new(),
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             batch: None,
             executes: false,
             next: None,

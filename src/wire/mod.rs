@@ -45,3 +45,12 @@ pub mod tag {
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
     pub const DATA_ROW: u8 = b'D';
 }
+
+/// Bytes from the wire as text: borrowed when valid UTF-8 (the fast check), else with
+/// replacement characters.
+pub fn text(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
+    }
+}
