@@ -1,4 +1,4 @@
-//! The `pgweir` command: `run` the proxy, `check` a config file.
+//! The `pgweir` command: `run` the proxy, `check` a config file, `bench` pool settings.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +22,8 @@ enum Command {
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
     },
+    /// Load-test PgWeir at several pool sizes (and the server or other poolers) and recommend one.
+    Bench(Box<pgweir::bench::BenchArgs>),
 }
 
 #[derive(clap::Args)]
@@ -65,6 +67,22 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Bench(args) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(pgweir::bench::run(*args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pgweir bench: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Run(args) => {
             let overrides = Overrides {
                 listen: args.listen,

@@ -7,6 +7,7 @@ mod support;
 
 mod admin;
 mod auth;
+mod bench;
 mod cache;
 mod cli;
 pub(crate) mod drain;
