@@ -104,7 +104,7 @@ pub(super) async fn negotiate(ctx: &Context, tcp: TcpStream, peer: SocketAddr) -
                     .await;
                     return None;
                 }
-                let client = ClientConn { stream, rbuf, wbuf: BytesMut::with_capacity(8192), peer };
+                let client = ClientConn { stream, rbuf, wbuf: BytesMut::new(), peer };
                 return Some((client, msg));
             }
         }

@@ -125,12 +125,13 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
             format!("pgweir: startup and authentication did not complete within {timeout:?}"),
         )
     };
-    let (mut client, startup) = match tokio::time::timeout_at(deadline, handshake::negotiate(&ctx, tcp, peer)).await {
-        Err(_) => return,
-        Ok(None) => return,
-        Ok(Some(x)) => x,
-    };
-    let login = match tokio::time::timeout_at(deadline, handshake::login(&ctx, &mut client, startup)).await {
+    let (mut client, startup) =
+        match tokio::time::timeout_at(deadline, Box::pin(handshake::negotiate(&ctx, tcp, peer))).await {
+            Err(_) => return,
+            Ok(None) => return,
+            Ok(Some(x)) => x,
+        };
+    let login = match tokio::time::timeout_at(deadline, Box::pin(handshake::login(&ctx, &mut client, startup))).await {
         Err(_) => {
             ctx.metrics.proxy.login_failures.inc();
             return client.fatal(too_slow()).await;
@@ -140,7 +141,7 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
             ctx.metrics.proxy.error(Some(err.code.0));
             return client.fatal(err).await;
         }
-        Ok(Ok(handshake::Entry::Admin(user))) => return admin::serve(&ctx, client, user).await,
+        Ok(Ok(handshake::Entry::Admin(user))) => return Box::pin(admin::serve(&ctx, client, user)).await,
         Ok(Ok(handshake::Entry::Session(login))) => *login,
     };
     ctx.metrics.proxy.logins.inc();

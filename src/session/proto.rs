@@ -118,7 +118,7 @@ impl Proto {
             plan: Plan::new(b'I'),
             stmts,
             rewrite,
-            to_server: BytesMut::with_capacity(8192),
+            to_server: BytesMut::new(),
             csplit: Splitter::new(max_message, STREAM_ABOVE),
             ssplit: Splitter::new(MAX_SERVER_FRAME, STREAM_ABOVE),
             cneed: 0,

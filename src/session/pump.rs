@@ -40,6 +40,9 @@ pub enum Attached {
 }
 
 /// Writes pending output to a stream; Err(()) if the stream failed.
+/// The first read of an idle session's next request (more is reserved once its size is known).
+const IDLE_READ: usize = 1024;
+
 fn poll_out<S: AsyncWrite + Unpin>(
     s: &mut S,
     cx: &mut TaskContext<'_>,
@@ -104,12 +107,46 @@ impl super::relay::Session<'_> {
                 Ok(Some(h)) => reserve_for(&mut self.client.rbuf, h.total.min(STREAM_ABOVE)),
                 Ok(None) => {}
             }
-            reserve_for(&mut self.client.rbuf, 0);
+            if self.client.rbuf.is_empty() {
+                // Between requests a session holds no buffers (memory per idle client): a plain
+                // socket is asked for readiness before it is given one.
+                if let crate::net::Stream::Plain(tcp) = &self.client.stream {
+                    match tcp.poll_read_ready(cx) {
+                        Poll::Pending => {
+                            self.trim_idle();
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Err(_)) => return Poll::Ready(Idle::Gone),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                }
+                if self.client.rbuf.capacity() < IDLE_READ {
+                    self.client.rbuf.reserve(IDLE_READ);
+                }
+            } else {
+                reserve_for(&mut self.client.rbuf, 0);
+            }
             match poll_read_buf(Pin::new(&mut self.client.stream), cx, &mut self.client.rbuf) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Idle::Gone),
                 Poll::Ready(Ok(_)) => {}
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.trim_idle();
+                    return Poll::Pending;
+                }
             }
+        }
+    }
+
+    /// Gives back the buffers of a session waiting for its client's next request.
+    fn trim_idle(&mut self) {
+        if self.client.rbuf.is_empty() {
+            self.client.rbuf = BytesMut::new();
+        }
+        if self.client.wbuf.is_empty() {
+            self.client.wbuf = BytesMut::new();
+        }
+        if self.proto.to_server.is_empty() {
+            self.proto.to_server = BytesMut::new();
         }
     }
 

@@ -133,7 +133,9 @@ impl<'a> Session<'a> {
     }
 
     pub async fn run(&mut self) {
-        if let Err(e) = self.start().await {
+        // Boxed awaits below: their futures are large and live only while they run, and a
+        // session's idle footprint is the largest of them (memory per idle client).
+        if let Err(e) = Box::pin(self.start()).await {
             let code = match &e {
                 crate::server::ClientFacing::Error(pe) => Some(pe.code.0.to_string()),
                 // The server's own ErrorResponse: its SQLSTATE field.
@@ -161,13 +163,18 @@ impl<'a> Session<'a> {
                             continue;
                         }
                         if self.login.shards.is_some() {
-                            match self.shard_request().await {
+                            match Box::pin(self.shard_request()).await {
                                 ShardStep::Go => {}
                                 ShardStep::Done => continue,
                                 ShardStep::Gone => return,
                             }
                         }
-                        let fill = match self.cache_request().await {
+                        let step = if self.ctx.cache.is_some() {
+                            Box::pin(self.cache_request()).await
+                        } else {
+                            CacheStep::Pass
+                        };
+                        let fill = match step {
                             CacheStep::Answered => {
                                 self.ctx.metrics.proxy.answered(RouteLabel::Cache, started.elapsed().as_secs_f64());
                                 continue;
@@ -194,7 +201,7 @@ impl<'a> Session<'a> {
                             // invalidating write, whatever the replicas' lag.
                             member = Member::Primary;
                         }
-                        if let Err(e) = self.acquire(member).await {
+                        if let Err(e) = Box::pin(self.acquire(member)).await {
                             self.refuse_request(e);
                             continue;
                         }
@@ -221,8 +228,8 @@ impl<'a> Session<'a> {
             self.proto.may_pin = self.counted_pin || self.login.pool.may_pin();
             match poll_fn(|cx| self.poll_attached(cx)).await {
                 Attached::Release => self.release().await,
-                Attached::Invalidate => self.invalidate_due().await,
-                Attached::ClientGone | Attached::Terminate => return self.finish_server().await,
+                Attached::Invalidate => Box::pin(self.invalidate_due()).await,
+                Attached::ClientGone | Attached::Terminate => return Box::pin(self.finish_server()).await,
                 Attached::Retry(cause) => {
                     self.proto.timing.abandon();
                     self.set_state(Some(ClientState::Idle));
@@ -430,7 +437,7 @@ impl<'a> Session<'a> {
                     tokio::pin!(notified);
                     notified.as_mut().enable();
                     let r = tokio::select! {
-                        r = pool.checkout() => r,
+                        r = Box::pin(pool.checkout()) => r,
                         _ = notified => return Err(PgError::error(SqlState::QUERY_CANCELED, "canceling statement due to user request")),
                     };
                     (r, true)
@@ -457,7 +464,7 @@ impl<'a> Session<'a> {
                 (Err(crate::pool::CheckoutError::Server(e)), Member::Primary)
                     if e.is_transient() && primary_now.is_some() =>
                 {
-                    if !self.wait_for_failover(primary_now.unwrap_or(0)).await {
+                    if !Box::pin(self.wait_for_failover(primary_now.unwrap_or(0))).await {
                         return Err(PgError::error(SqlState::CONNECTION_FAILURE, format!("pgweir: {e}"))
                             .with_detail("no promoted primary appeared within routing.failover_timeout"));
                     }
@@ -472,7 +479,7 @@ impl<'a> Session<'a> {
             self.params.sync_sql(&server.params, &server.applied)
         };
         if let Some((sql, next)) = todo {
-            match server.run_control(&sql).await {
+            match Box::pin(server.run_control(&sql)).await {
                 Ok(None) => server.applied = next,
                 Ok(Some(err)) => {
                     // The server may still carry another client's settings: never use it.
