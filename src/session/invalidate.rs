@@ -34,11 +34,12 @@ pub struct CacheState {
 
 impl Proto {
     /// Notes what a client message forwarded to the server may write.
-    pub(super) fn note_writes(&mut self, t: u8, body: &[u8]) {
+    pub(super) fn note_writes(&mut self, t: u8, body: &[u8], facts: Option<&super::shapes::Facts>) {
         if self.cache.is_none() {
             return;
         }
         let w = match t {
+            tag::QUERY if facts.is_some_and(|f| f.no_writes) => Writes::None,
             tag::QUERY => writes(&crate::wire::text(body.strip_suffix(&[0]).unwrap_or(body))),
             tag::PARSE => {
                 let Some(p) = stmts::parse_parse(body) else { return };

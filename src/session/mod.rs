@@ -29,6 +29,7 @@ pub mod reload;
 mod retry;
 mod routing;
 mod scatter;
+mod shapes;
 mod sharded;
 pub mod state;
 pub mod stmts;

@@ -110,6 +110,8 @@ pub struct Proto {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Request timing (SHOW QUERIES, slow-query log, request spans).
     pub timing: super::timing::Timing,
+    /// Facts about the shapes of the simple queries this client sends.
+    pub shapes: super::shapes::Shapes,
 }
 
 impl Proto {
@@ -150,6 +152,7 @@ impl Proto {
             queries: 0,
             metrics: None,
             timing: super::timing::Timing::new(None, std::time::Duration::ZERO),
+            shapes: Default::default(),
         }
     }
 
@@ -278,7 +281,13 @@ impl Proto {
         if matches!(t, tag::QUERY | tag::EXECUTE | tag::FUNCTION_CALL) {
             self.queries += 1;
         }
-        self.note_writes(t, body);
+        // A simple Query's shape, analysed once per shape (the facts below skip what it cannot need).
+        let facts = if t == tag::QUERY {
+            self.shapes.facts(&crate::wire::text(body.strip_suffix(&[0]).unwrap_or(body)))
+        } else {
+            None
+        };
+        self.note_writes(t, body, facts.as_ref());
         let forward = |me: &mut Proto, unit: Option<Unit>| {
             if let Some(u) = unit {
                 if matches!(u, Unit::Sync | Unit::Query(_) | Unit::FunctionCall) {
@@ -289,7 +298,11 @@ impl Proto {
             me.to_server.extend_from_slice(frame);
         };
         match t {
-            tag::QUERY if self.rewrite && super::routing::mentions_pgweir_setting(body) => {
+            tag::QUERY
+                if self.rewrite
+                    && !facts.as_ref().is_some_and(|f| f.no_pgweir)
+                    && super::routing::mentions_pgweir_setting(body) =>
+            {
                 // The proxy's own settings are changed between transactions, where it answers
                 // them; here the server would take them as placeholders and ignore them.
                 self.refuse(PgError::error(
@@ -315,7 +328,8 @@ impl Proto {
                     // Read-your-writes: any statement not known to read may write.
                     self.wrote |= !super::routing::is_read(ctx, &text);
                 }
-                let per_stmt = query_effects(&text);
+                let per_stmt =
+                    if facts.as_ref().is_some_and(|f| f.no_effects) { Vec::new() } else { query_effects(&text) };
                 let flat: Vec<Effect> = per_stmt.iter().flatten().cloned().collect();
                 if self.refuse_pin(&flat) {
                     // A simple Query ends with ReadyForQuery even when refused.
@@ -326,12 +340,19 @@ impl Proto {
                     return;
                 }
                 let fx = (!flat.is_empty()).then(|| Box::new(QueryFx::new(per_stmt)));
-                self.timing.query(&text);
+                match &facts {
+                    Some(f) => self.timing.query_shape(f),
+                    None => self.timing.query(&text),
+                }
                 forward(self, Some(Unit::Query(fx)));
             }
             tag::QUERY => {
-                if self.timing.on() {
-                    self.timing.query(&crate::wire::text(body.strip_suffix(&[0]).unwrap_or(body)));
+                match &facts {
+                    Some(f) => self.timing.query_shape(f),
+                    None if self.timing.on() => {
+                        self.timing.query(&crate::wire::text(body.strip_suffix(&[0]).unwrap_or(body)))
+                    }
+                    None => {}
                 }
                 forward(self, Some(Unit::Query(None)))
             }

@@ -292,9 +292,14 @@ impl Session<'_> {
         if h.tag != tag::QUERY || buf.len() < h.total || h.total > 512 {
             return false;
         }
-        // Cheap test first: only SET/SHOW of a pgweir.* name can be ours.
+        // Cheap test first: only SET/SHOW of a pgweir.* name can be ours (the shape's facts
+        // are kept for the rest of the session's look at this message).
         let body = &buf[5..h.total - 1];
-        if !memchr_ci(body, b"pgweir.") {
+        let plain = match self.proto.shapes.facts(&crate::wire::text(body)) {
+            Some(f) => f.no_pgweir,
+            None => !memchr_ci(body, b"pgweir."),
+        };
+        if plain {
             return false;
         }
         let text = String::from_utf8_lossy(body).to_string();

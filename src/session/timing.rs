@@ -101,6 +101,20 @@ impl Timing {
         Some(Shape { fingerprint: fp, text: without_literals(sql, MAX_TEXT).into() })
     }
 
+    /// A simple Query whose shape is known is about to be forwarded.
+    pub fn query_shape(&mut self, f: &super::shapes::Facts) {
+        if !self.on() {
+            return;
+        }
+        let fp = f.fingerprint;
+        let unseen = !self.seen.contains(&fp) || !self.keeps();
+        if unseen && self.seen.len() >= SEEN_KEPT {
+            self.seen.clear();
+        }
+        self.seen.insert(fp);
+        self.next = Some((fp, unseen.then(|| f.shown.to_string())));
+    }
+
     /// A simple Query is about to be forwarded.
     pub fn query(&mut self, sql: &str) {
         if self.on() {
