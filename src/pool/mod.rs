@@ -4,6 +4,7 @@
 //! of clients: the session decides when to check out and what state to clean before returning.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -35,10 +36,12 @@ impl Manager {
 }
 
 impl managed::Manager for Manager {
-    type Type = ServerConn;
+    /// Boxed: the pool moves its connections around on every checkout and return, and a
+    /// pointer is cheaper to move than the connection.
+    type Type = Box<ServerConn>;
     type Error = ServerError;
 
-    async fn create(&self) -> Result<ServerConn, ServerError> {
+    async fn create(&self) -> Result<Box<ServerConn>, ServerError> {
         // Boxed: the connect state machine is large, and every checkout future would carry it.
         let mut conn = Box::pin(connect(&self.target)).await?;
         let _ = self.defaults.set(conn.params.clone());
@@ -46,10 +49,10 @@ impl managed::Manager for Manager {
         let (peer, local) = (tcp.peer_addr().ok(), tcp.local_addr().ok());
         let tls = conn.stream.is_tls();
         conn.registered = Some(self.servers.register(conn.id, peer, local, conn.cancel_key.pid, tls));
-        Ok(conn)
+        Ok(Box::new(conn))
     }
 
-    async fn recycle(&self, conn: &mut ServerConn, metrics: &Metrics) -> RecycleResult<ServerError> {
+    async fn recycle(&self, conn: &mut Box<ServerConn>, metrics: &Metrics) -> RecycleResult<ServerError> {
         if conn.broken || conn.status != b'I' || !conn.rbuf.is_empty() {
             return Err(RecycleError::message("connection was left in an unusable state"));
         }
@@ -86,13 +89,13 @@ impl Pooled {
 impl std::ops::Deref for Pooled {
     type Target = ServerConn;
     fn deref(&self) -> &ServerConn {
-        self.0.as_ref().expect("a Pooled holds its connection until dropped")
+        self.0.as_deref().expect("a Pooled holds its connection until dropped")
     }
 }
 
 impl std::ops::DerefMut for Pooled {
     fn deref_mut(&mut self) -> &mut ServerConn {
-        self.0.as_mut().expect("a Pooled holds its connection until dropped")
+        self.0.as_deref_mut().expect("a Pooled holds its connection until dropped")
     }
 }
 
@@ -285,18 +288,21 @@ impl ServerPool {
         self.pool.manager().defaults.get()
     }
 
-    /// An idle connection without waiting, arming no timer and taking no place in the wait
-    /// queue. None when none is idle (then `checkout` waits, or opens one, as it does) or the
-    /// one found was unusable.
-    pub async fn try_checkout(&self) -> Result<Option<Pooled>, CheckoutError> {
+    /// An idle connection without waiting and without awaiting: no timer armed, no place in
+    /// the wait queue, and no future of the caller's to hold its state (deadpool's checkout of
+    /// an idle connection completes in one poll: the recycle check does not wait). None when
+    /// none is idle or the one found was unusable (then `checkout` waits, or opens one).
+    pub fn try_checkout(&self) -> Option<Pooled> {
         if self.pool.status().available == 0 {
-            return Ok(None);
+            return None;
         }
         let now = Timeouts { wait: Some(Duration::ZERO), create: None, recycle: None };
-        match self.pool.timeout_get(&now).await {
-            Ok(c) => Ok(Some(Pooled::new(c))),
-            Err(PoolError::Timeout(_) | PoolError::Backend(_)) => Ok(None),
-            Err(_) => Err(CheckoutError::Closed(self.name.clone())),
+        let mut get = std::pin::pin!(self.pool.timeout_get(&now));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match get.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Ok(c)) => Some(Pooled::new(c)),
+            // Not an idle connection after all (it would be opened): the caller's wait does.
+            _ => None,
         }
     }
 

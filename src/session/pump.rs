@@ -102,7 +102,15 @@ impl super::relay::Session<'_> {
                 // Check a server out only once the request's first message is here (or is so
                 // large it will be streamed): a client that sends half a header holds nothing.
                 Ok(Some(h)) if self.client.rbuf.len() >= h.total.min(STREAM_ABOVE) => {
-                    return Poll::Ready(Idle::Request)
+                    // Buffers given back while idle: one small allocation each, not a string
+                    // of reallocations as the answer grows.
+                    if self.client.wbuf.capacity() == 0 {
+                        self.client.wbuf.reserve(IDLE_READ);
+                    }
+                    if self.proto.to_server.capacity() == 0 {
+                        self.proto.to_server.reserve(IDLE_READ);
+                    }
+                    return Poll::Ready(Idle::Request);
                 }
                 Ok(Some(h)) => reserve_for(&mut self.client.rbuf, h.total.min(STREAM_ABOVE)),
                 Ok(None) => {}

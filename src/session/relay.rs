@@ -201,7 +201,7 @@ impl<'a> Session<'a> {
                             // invalidating write, whatever the replicas' lag.
                             member = Member::Primary;
                         }
-                        if let Err(e) = Box::pin(self.acquire(member)).await {
+                        if let Err(e) = self.acquire(member).await {
                             self.refuse_request(e);
                             continue;
                         }
@@ -429,10 +429,9 @@ impl<'a> Session<'a> {
             };
             let wait_start = std::time::Instant::now();
             // Most checkouts find a connection at once; only a real wait listens for a cancel.
-            let (got, waited) = match pool.try_checkout().await {
-                Ok(Some(s)) => (Ok(s), false),
-                Err(e) => (Err(e), false),
-                Ok(None) => {
+            let (got, waited) = match pool.try_checkout() {
+                Some(s) => (Ok(s), false),
+                None => {
                     let notified = slot.queued.notified();
                     tokio::pin!(notified);
                     notified.as_mut().enable();
