@@ -166,7 +166,8 @@ impl Proxy {
         }
         let mut closed = 0;
         for (_, slot) in self.ctx.cancels.clients() {
-            if slot.info.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|i| i.kill()) {
+            if slot.info.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                slot.kill();
                 closed += 1;
             }
         }

@@ -27,9 +27,24 @@ pub struct CancelSlot {
     pub info: Mutex<Option<super::control::ClientInfo>>,
     /// 0 idle, 1 waiting, 2 active (SHOW CLIENTS).
     pub state: std::sync::atomic::AtomicU8,
+    /// KILL from the admin console: the session ends at its next look (it registers its
+    /// waker here each time it waits).
+    killed: AtomicBool,
+    pub kill_waker: futures_util::task::AtomicWaker,
 }
 
 impl CancelSlot {
+    /// Ends the session (KILL): wakes it wherever it waits.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.kill_waker.wake();
+        self.queued.notify_waiters();
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
     /// The session now uses this server.
     pub fn attach(&self, key: Arc<CancelKey>) {
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);

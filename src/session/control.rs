@@ -1,7 +1,7 @@
 //! Operator control of sessions from the admin console: PAUSE and RESUME (new transactions of a
 //! database, or of all, wait until resumed; transactions in progress finish), and the live
-//! clients' facts SHOW CLIENTS lists and KILL acts on (a duplicate of each client's socket, so
-//! the console can close it and the session ends through its normal client-gone path).
+//! clients' facts SHOW CLIENTS lists and KILL acts on (through each client's cancel slot, which
+//! wakes the session wherever it waits).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -88,13 +88,4 @@ pub struct ClientInfo {
     pub local: Option<SocketAddr>,
     pub connected: SystemTime,
     pub tls: bool,
-    /// A duplicate of the client's socket (None if it could not be duplicated).
-    pub socket: Option<std::net::TcpStream>,
-}
-
-impl ClientInfo {
-    /// Closes the client's connection both ways: the session sees its client gone.
-    pub fn kill(&self) -> bool {
-        self.socket.as_ref().is_some_and(|s| s.shutdown(std::net::Shutdown::Both).is_ok())
-    }
 }

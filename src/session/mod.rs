@@ -114,10 +114,6 @@ impl ClientConn {
 pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().ok();
-    let socket = {
-        use std::os::fd::AsFd;
-        tcp.as_fd().try_clone_to_owned().ok().map(std::net::TcpStream::from)
-    };
     let timeout = ctx.config.startup_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let too_slow = || {
@@ -161,7 +157,6 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
         local,
         connected: std::time::SystemTime::now(),
         tls: matches!(client.stream, crate::net::Stream::Accepted(_)),
-        socket,
     });
     use tracing::Instrument;
     // Everything logged while the session runs names its client (SHOW CLIENTS' id) and login.

@@ -73,6 +73,13 @@ fn poll_out<S: AsyncWrite + Unpin>(
 
 impl super::relay::Session<'_> {
     pub(super) fn poll_idle(&mut self, cx: &mut TaskContext<'_>) -> Poll<Idle> {
+        self.cancel.slot.kill_waker.register(cx.waker());
+        if self.cancel.slot.is_killed() {
+            return Poll::Ready(Idle::Bad(PgError::fatal(
+                crate::wire::SqlState("57P01"),
+                "terminating connection due to administrator command",
+            )));
+        }
         let max = self.ctx.config.max_message_size;
         loop {
             match poll_out(&mut self.client.stream, cx, &mut self.client.wbuf, &mut self.cflush) {
@@ -159,6 +166,11 @@ impl super::relay::Session<'_> {
     }
 
     pub(super) fn poll_attached(&mut self, cx: &mut TaskContext<'_>) -> Poll<Attached> {
+        self.cancel.slot.kill_waker.register(cx.waker());
+        if self.cancel.slot.is_killed() {
+            // KILL: as if the client left (its transaction is rolled back, the server cleaned).
+            return Poll::Ready(Attached::ClientGone);
+        }
         let Some(server) = self.server.as_mut() else { return Poll::Ready(Attached::Release) };
         let server: &mut ServerConn = server;
         let p = &mut self.proto;

@@ -173,7 +173,8 @@ fn control(ctx: &Context, verb: &str, arg: Option<&str>) -> Result<String, PgErr
                     Some(want) => id == want,
                     None => info.database == arg,
                 };
-                if hit && info.kill() {
+                if hit {
+                    slot.kill();
                     killed += 1;
                 }
             }
