@@ -67,7 +67,32 @@ pub struct BenchArgs {
     /// Write an SVG chart of TPS and p99 against pool size to this file.
     #[arg(long)]
     pub chart: Option<PathBuf>,
+    /// Idle mode: instead of the sweep, open this many idle client connections to a PgWeir of
+    /// its own and measure its memory (RSS) and open files per connection.
+    #[arg(long, value_name = "N", conflicts_with_all = IDLE_CONFLICTS)]
+    pub idle: Option<u32>,
+    /// Connection counts at which idle mode measures (comma-separated; default N/4, N/2, 3N/4, N).
+    #[arg(long, value_delimiter = ',', value_name = "N,...", requires = "idle")]
+    pub idle_steps: Vec<u32>,
 }
+
+/// The sweep's flags, which mean nothing in idle mode.
+const IDLE_CONFLICTS: [&str; 14] = [
+    "workload",
+    "mode",
+    "clients",
+    "pool_sizes",
+    "pool_modes",
+    "duration",
+    "warmup",
+    "scale",
+    "init",
+    "direct",
+    "targets",
+    "no_pgweir",
+    "p99_max",
+    "chart",
+];
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     DurationValue::Text(s.to_string()).parse()
@@ -123,6 +148,43 @@ pub struct Settings {
     pub p99_max: Duration,
     pub json: Option<PathBuf>,
     pub chart: Option<PathBuf>,
+    /// `--idle`: the idle-connection memory mode instead of the sweep.
+    pub idle: Option<IdleSettings>,
+}
+
+/// Validated `--idle` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdleSettings {
+    /// Connections at each measurement, ascending, the last one `--idle N`.
+    pub steps: Vec<u32>,
+}
+
+impl IdleSettings {
+    /// The connection count of the last step.
+    pub fn connections(&self) -> u32 {
+        self.steps.last().copied().unwrap_or(0)
+    }
+}
+
+/// `--idle N` with `--idle-steps`: the given counts (sorted, N added as the last one), or a
+/// quarter, half, three quarters and all of N.
+fn idle_settings(n: u32, steps: &[u32]) -> Result<IdleSettings, BenchError> {
+    if n == 0 {
+        return Err(usage("--idle must be above 0"));
+    }
+    let mut v = if steps.is_empty() {
+        vec![n.div_ceil(4), n.div_ceil(2), (n / 4 * 3).max(1), n]
+    } else {
+        let v = positive_list("--idle-steps", steps)?;
+        if let Some(&over) = v.iter().find(|&&s| s > n) {
+            return Err(usage(format!("--idle-steps: {over} is above --idle {n}")));
+        }
+        v
+    };
+    v.push(n);
+    v.sort_unstable();
+    v.dedup();
+    Ok(IdleSettings { steps: v })
 }
 
 fn usage(msg: impl Into<String>) -> BenchError {
@@ -199,6 +261,7 @@ impl BenchArgs {
         if self.scale == Some(0) {
             return Err(usage("--scale must be above 0"));
         }
+        let idle = self.idle.map(|n| idle_settings(n, &self.idle_steps)).transpose()?;
         Ok(Settings {
             upstream_url: self.upstream.clone(),
             upstream,
@@ -217,6 +280,7 @@ impl BenchArgs {
             p99_max: self.p99_max,
             json: self.json.clone(),
             chart: self.chart.clone(),
+            idle,
         })
     }
 }
@@ -282,6 +346,26 @@ mod tests {
     }
 
     #[test]
+    fn idle_steps() {
+        assert_eq!(parse(&[]).unwrap().idle, None);
+        let s = parse(&["--idle", "15000"]).unwrap().idle.unwrap();
+        assert_eq!(s.steps, vec![3750, 7500, 11_250, 15_000]);
+        assert_eq!(s.connections(), 15_000);
+        let s = parse(&["--idle", "15000", "--idle-steps", "10000,1000,5000"]).unwrap().idle.unwrap();
+        assert_eq!(s.steps, vec![1000, 5000, 10_000, 15_000]);
+        assert_eq!(parse(&["--idle", "1"]).unwrap().idle.unwrap().steps, vec![1]);
+        assert_eq!(parse(&["--idle", "3"]).unwrap().idle.unwrap().steps, vec![1, 2, 3]);
+        // The sweep's flags are refused with --idle; --idle-steps needs --idle.
+        for args in
+            [&["--idle", "10", "--clients", "4"][..], &["--idle", "10", "--direct"][..], &["--idle-steps", "5"][..]]
+        {
+            let mut full = vec!["bench", "--upstream", "postgres://app@db/shop"];
+            full.extend_from_slice(args);
+            assert!(Cli::try_parse_from(full).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
     fn mistakes_name_the_flag() {
         for (args, want) in [
             (&["--mode", "fast"][..], "--mode"),
@@ -294,6 +378,14 @@ mod tests {
             (&["--target", "b=host=x"][..], "--target b"),
             (&["--no-pgweir"][..], "nothing to measure"),
             (&["--no-pgweir", "--direct", "--chart", "c.svg"][..], "--chart"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+        for (args, want) in [
+            (&["--idle", "0"][..], "--idle must be above 0"),
+            (&["--idle", "100", "--idle-steps", "50,200"][..], "200 is above --idle 100"),
+            (&["--idle", "100", "--idle-steps", "0"][..], "--idle-steps"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.contains(want), "{args:?}: {e}");

@@ -8,11 +8,14 @@
 //! `--init`, table checks, connection counting), `target` (endpoints, PgWeir processes),
 //! `client` (one connection's transaction loop), `sweep` (steps and progress), `stats`
 //! (histograms, results; pure), `recommend` (the rule; pure), `report` (table and JSON; pure),
-//! `chart` (the SVG).
+//! `chart` (the SVG). `idle` is the other mode (`--idle N`: PgWeir's memory per idle client
+//! connection), with `idle_report` (samples, slope, table and JSON; pure).
 
 mod args;
 mod chart;
 mod client;
+mod idle;
+mod idle_report;
 mod recommend;
 mod report;
 mod setup;
@@ -24,7 +27,7 @@ mod workload;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use args::{BenchArgs, Mode, Settings};
+pub use args::{BenchArgs, IdleSettings, Mode, Settings};
 pub use chart::ChartError;
 pub use recommend::{recommend, Recommendation};
 pub use stats::{LatencyMs, PoolMode, StepResult};
@@ -61,6 +64,9 @@ pub enum BenchError {
     Write { path: String, source: std::io::Error },
     #[error(transparent)]
     Chart(#[from] ChartError),
+    /// Idle mode could not reach or measure its connection count.
+    #[error("{0}")]
+    Idle(String),
 }
 
 /// A built-in workload by name, else the file at that path.
@@ -151,9 +157,13 @@ fn write(path: &Path, text: &str) -> Result<(), BenchError> {
 }
 
 /// Runs `pgweir bench`: validates the flags, prepares the upstream, runs the sweep, prints the
-/// table and the recommendation, and writes `--json` and `--chart`.
+/// table and the recommendation, and writes `--json` and `--chart` (or, with `--idle`, runs
+/// idle mode instead).
 pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let settings = args.validate()?;
+    if let Some(idle) = &settings.idle {
+        return idle::run(&settings, idle).await;
+    }
     let workload = Arc::new(load_workload(&settings.workload)?);
     let exe = if settings.pgweir { std::env::current_exe().map_err(BenchError::Exe)? } else { Default::default() };
     let mut monitor_cfg = settings.upstream.clone();

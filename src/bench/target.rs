@@ -82,10 +82,23 @@ impl PgweirProcess {
     /// Starts `exe run --listen 127.0.0.1:PORT --upstream URL --pool-size N --pool-mode M
     /// --auth trust` (`PGWEIR_LOG=warn`) and waits until the port accepts connections.
     pub async fn start(exe: &Path, upstream: &str, mode: PoolMode, size: u32) -> Result<PgweirProcess, TargetError> {
+        Self::start_with(exe, upstream, mode, size, &[]).await
+    }
+
+    /// [`PgweirProcess::start`] with more `pgweir run` arguments (e.g. `-c FILE`; the flags
+    /// above override the file). The child inherits this process's rlimits.
+    pub async fn start_with(
+        exe: &Path,
+        upstream: &str,
+        mode: PoolMode,
+        size: u32,
+        extra: &[String],
+    ) -> Result<PgweirProcess, TargetError> {
         let port = free_port().map_err(TargetError::Port)?;
         let mut child = Command::new(exe)
             .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--upstream", upstream])
             .args(["--pool-size", &size.to_string(), "--pool-mode", mode.as_str(), "--auth", "trust"])
+            .args(extra)
             .env("PGWEIR_LOG", "warn")
             .env_remove("PGWEIR_CONFIG")
             .stdin(Stdio::null())
@@ -128,6 +141,11 @@ impl PgweirProcess {
         self.port
     }
 
+    /// The child's process id (`None` once stopped), for reading its `/proc` entries.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// What it has written to stderr so far (the first few KiB).
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -152,7 +170,7 @@ impl Drop for PgweirProcess {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> std::io::Result<u16> {
+pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
