@@ -100,6 +100,16 @@ fn main() -> ExitCode {
                 }
             };
             let _logs = pgweir::logging::init(args.log_json);
+            // Every client and server connection holds a descriptor: take what the system allows.
+            match pgweir::net::raise_nofile() {
+                Ok((_, limit)) if limit < u64::from(cfg.pool.max_client_connections) + 100 => tracing::warn!(
+                    limit,
+                    max_client_connections = cfg.pool.max_client_connections,
+                    "open-file limit below pool.max_client_connections: clients past it are refused at accept"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+            }
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {

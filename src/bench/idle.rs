@@ -45,7 +45,8 @@ const FD_HEADROOM: u64 = 256;
 /// Runs idle mode to the end: prints the table and the slope, writes `--json`.
 pub async fn run(settings: &Settings, idle: &IdleSettings) -> Result<(), BenchError> {
     let want = idle.connections();
-    let (nofile_before, nofile_after) = raise_nofile().map_err(|e| BenchError::Idle(format!("RLIMIT_NOFILE: {e}")))?;
+    let (nofile_before, nofile_after) =
+        crate::net::raise_nofile().map_err(|e| BenchError::Idle(format!("RLIMIT_NOFILE: {e}")))?;
     let need = u64::from(want) + FD_HEADROOM;
     if nofile_after < need {
         return Err(BenchError::Idle(format!(
@@ -329,30 +330,6 @@ fn sample(pid: u32, connections: u32, connect_s: f64) -> Result<IdleSample, Benc
     Ok(IdleSample { connections, rss_bytes, fds, connect_s })
 }
 
-/// Raises RLIMIT_NOFILE's soft limit to the hard limit (capped at `fs.nr_open` when the hard
-/// limit is unlimited); returns the soft limit before and after.
-fn raise_nofile() -> std::io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one `rlimit` into the struct we pass, which we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let before = lim.rlim_cur;
-    let mut target = lim.rlim_max;
-    if target == libc::RLIM_INFINITY {
-        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok());
-        target = nr_open.unwrap_or(1 << 20);
-    }
-    if before < target {
-        lim.rlim_cur = target;
-        // SAFETY: setrlimit only reads the struct we pass.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok((before, lim.rlim_cur.max(before)))
-}
-
 /// How many local ports connections to one address can use, from `ip_local_port_range`.
 fn local_ports() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
@@ -385,10 +362,10 @@ mod tests {
 
     #[test]
     fn raising_nofile_never_lowers_it() {
-        let (before, after) = raise_nofile().unwrap();
+        let (before, after) = crate::net::raise_nofile().unwrap();
         assert!(after >= before);
         // A second call finds it raised already.
-        assert_eq!(raise_nofile().unwrap().0, after);
+        assert_eq!(crate::net::raise_nofile().unwrap().0, after);
     }
 
     #[test]
