@@ -110,7 +110,11 @@ fn main() -> ExitCode {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
             }
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if cfg.workers > 0 {
+                builder.worker_threads(cfg.workers);
+            }
+            let rt = match builder.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");

@@ -259,6 +259,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Listen with SO_REUSEPORT, so another process can share the port (fleet restarts).
     pub reuse_port: bool,
+    /// Runtime worker threads (`proxy.workers`; 0 = one per core).
+    pub workers: usize,
     /// Addresses (`host:port`) of the other PgWeir processes sharing clients with this one.
     pub peers: Vec<String>,
     pub max_message_size: usize,

@@ -93,6 +93,7 @@ pub struct RawProxy {
     pub startup_timeout: Option<Spanned<DurationValue>>,
     pub shutdown_timeout: Option<Spanned<DurationValue>>,
     pub reuse_port: Option<bool>,
+    pub workers: Option<Spanned<u64>>,
     /// Other PgWeir processes (their own addresses) a CancelRequest for an unknown key goes to.
     #[serde(default)]
     pub peers: Vec<String>,

@@ -405,6 +405,13 @@ impl Validator<'_> {
             startup_timeout,
             shutdown_timeout,
             reuse_port: raw.proxy.reuse_port.unwrap_or(false),
+            workers: match &raw.proxy.workers {
+                Some(w) if *w.get_ref() > 1024 => {
+                    return self.err(Some(w.span()), "proxy.workers", "at most 1024 worker threads (0 = one per core)")
+                }
+                Some(w) => *w.get_ref() as usize,
+                None => 0,
+            },
             peers: raw.proxy.peers.clone(),
             max_message_size,
             admin_users: raw.proxy.admin_users.clone(),
@@ -530,6 +537,16 @@ mod tests {
         let primary = &c.clusters[&c.default_cluster].primary;
         assert_eq!((primary.host.as_str(), primary.port), ("localhost", 5432));
         assert!(c.auth_query.is_some(), "a sidecar without users looks them up");
+    }
+
+    #[test]
+    fn workers_and_query_metrics_settings() {
+        let c = parse("").unwrap();
+        assert_eq!((c.workers, c.top_queries, c.slow_query), (0, 1000, Duration::ZERO));
+        let c = parse("[proxy]\nworkers = 1\n[metrics]\ntop_queries = 0\nslow_query = \"250ms\"\n").unwrap();
+        assert_eq!((c.workers, c.top_queries, c.slow_query), (1, 0, Duration::from_millis(250)));
+        let e = parse("[proxy]\nworkers = 5000\n").unwrap_err();
+        assert_eq!(e.key, "proxy.workers");
     }
 
     #[test]
