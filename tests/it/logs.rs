@@ -6,6 +6,16 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::drain::{wait_listening, write_config};
+
+/// The proxy process, killed when the test ends (also when an assertion fails first).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 use crate::harness::free_port;
 use crate::harness::pg::{PgCluster, PgOptions};
 
@@ -17,7 +27,7 @@ async fn slow_queries_are_logged_as_json_without_their_values() {
     let listen = format!("listen = \"127.0.0.1:{port}\"\n");
     let toml = write_config(dir.path(), "pgweir.toml", &listen, "[metrics]\nslow_query = \"150ms\"\n", &pg);
     let log_path = dir.path().join("pgweir.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgweir"))
+    let child = Command::new(env!("CARGO_BIN_EXE_pgweir"))
         .args(["run", "--log-json", "--config"])
         .arg(&toml)
         .env("PGWEIR_LOG", "info")
@@ -25,6 +35,7 @@ async fn slow_queries_are_logged_as_json_without_their_values() {
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
+    let child = Running(child);
     let addr = wait_listening(port).await;
     let c = crate::support::connect(addr, "app", None, "postgres").await;
     c.batch_execute("select 'fast' || 1").await.unwrap();
@@ -34,8 +45,7 @@ async fn slow_queries_are_logged_as_json_without_their_values() {
     let read = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let logged =
         crate::support::eventually(Duration::from_secs(10), || read().matches("slow query").count() >= 2).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let log = read();
     assert!(logged, "two slow queries expected in:\n{log}");
     let slow: Vec<&str> = log.lines().filter(|l| l.contains("slow query")).collect();
@@ -105,7 +115,7 @@ async fn spans_are_exported_over_otlp() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let toml = write_config(dir.path(), "pgweir.toml", &format!("listen = \"127.0.0.1:{port}\"\n"), "", &pg);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgweir"))
+    let child = Command::new(env!("CARGO_BIN_EXE_pgweir"))
         .args(["run", "--config"])
         .arg(&toml)
         .env("PGWEIR_LOG", "warn")
@@ -116,6 +126,7 @@ async fn spans_are_exported_over_otlp() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let child = Running(child);
     let addr = wait_listening(port).await;
     let c = crate::support::connect(addr, "app", None, "postgres").await;
     c.batch_execute("select 1").await.unwrap();
@@ -133,7 +144,6 @@ async fn spans_are_exported_over_otlp() {
         }
     })
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(got.is_ok(), "no session and request spans exported: {:?}", String::from_utf8_lossy(&seen));
 }
