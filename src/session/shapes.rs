@@ -3,7 +3,8 @@
 //! skeleton (`route::skeleton`: the text between literals compared byte for byte, each literal
 //! re-read by kind), far cheaper than lexing. Only facts that hold for every text of a shape
 //! are kept (whether it may have session effects, may write, names a `pgweir.` setting, is one
-//! statement; its fingerprint and literal-free text): none depends on a literal's value.
+//! statement; its fingerprint and literal-free text): none depends on a literal's value (a
+//! `set_config` call, whose effect depends on its `is_local` literal, is never without effects).
 //! Bounded: a few shapes per session, the least recently matched replaced.
 
 use crate::cache::analyze::writes;
@@ -88,7 +89,9 @@ impl Shapes {
     /// The full analysis, leaving the literals' ranges in `self.literals`.
     fn analyse(&mut self, sql: &str) -> Facts {
         let single = split_statements(sql).len() <= 1;
-        let no_effects = single && query_effects(sql).iter().all(Vec::is_empty);
+        // set_config's effect depends on its is_local literal: never a fact of the shape.
+        let no_effects =
+            single && !contains_ci(sql.as_bytes(), b"set_config") && query_effects(sql).iter().all(Vec::is_empty);
         let no_writes = writes(sql).is_none();
         let no_pgweir = !contains_ci(sql.as_bytes(), b"pgweir.");
         let shown = without_literals(sql, MAX_SHOWN).into();
@@ -122,6 +125,9 @@ mod tests {
         assert!(!s.facts("SET search_path = 'a'").unwrap().no_effects);
         assert!(!s.facts("select 1; select 2").unwrap().no_effects, "two statements");
         assert!(!s.facts("select set_config('a.b', 'c', false)").unwrap().no_effects);
+        // A local set_config has no effect, but one of the same shape with 'false' has.
+        assert!(!s.facts("select set_config('search_path', 'a', 'true')").unwrap().no_effects);
+        assert!(!s.facts("select set_config('search_path', 'evil', 'false')").unwrap().no_effects);
         assert!(!s.facts("UPDATE t SET v = 1 WHERE k = 2").unwrap().no_writes);
         assert!(!s.facts("SET pgweir.route = 'replica'").unwrap().no_pgweir);
         // A literal that looks like something else changes nothing of its shape.

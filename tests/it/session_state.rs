@@ -38,6 +38,22 @@ async fn settings_follow_their_client_and_never_leak() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_config_of_a_shape_seen_before_still_follows_its_client() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, "[proxy]\nauth = \"trust\"\n[pool]\nsize = 1\n").await;
+    let a = connect(proxy.local_addr(), "app", None, "postgres").await;
+    let b = connect(proxy.local_addr(), "app", None, "postgres").await;
+    // A local set_config (no effect outside a transaction), then one of the same shape that is
+    // not local: the second must still be seen as a setting of this client only.
+    a.simple_query("select set_config('search_path', 'pg_catalog', 'true')").await.unwrap();
+    a.simple_query("select set_config('search_path', 'evil', 'false')").await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(scalar(&a, "show search_path").await.unwrap(), "evil");
+        assert_eq!(scalar(&b, "show search_path").await.unwrap(), "\"$user\", public", "leaked to another client");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn temp_tables_pin_until_discard_all() {
     let pg = PgCluster::start(PgOptions::default());
     let proxy = start_proxy(&pg, ONE_SERVER).await;
