@@ -69,6 +69,7 @@ impl Proxy {
             metrics,
             clusters,
             resolving: Default::default(),
+            settings_key: Default::default(),
             control: Default::default(),
             started: std::time::Instant::now(),
             classifier: std::sync::Mutex::new(crate::route::classify::ClassifyCache::new(CLASSIFY_CACHE)),

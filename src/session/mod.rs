@@ -65,6 +65,8 @@ pub struct Context {
     pub clusters: clusters::Clusters,
     /// Held (read) while a login resolves its pools, and (write) while RELOAD changes them.
     pub resolving: std::sync::RwLock<()>,
+    /// The key of clients' settings shapes (`ClientParams::shape`), random per process.
+    pub settings_key: std::collections::hash_map::RandomState,
     /// PAUSE / RESUME from the admin console.
     pub control: control::Control,
     /// When the proxy started (SHOW STATS averages).

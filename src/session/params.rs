@@ -23,7 +23,7 @@ fn reported_name(name: &str) -> Option<&'static str> {
 
 /// How a setting's value is written: a configuration string (startup packet, `options`,
 /// `set_config`) or the SQL text after `SET name TO` (a list, quoted identifiers, ...).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Value {
     Config(String),
     Sql(String),
@@ -55,15 +55,25 @@ impl Value {
 }
 
 /// Settings one client wants on whatever server it is given.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct ClientParams {
     want: Vec<(String, Value)>,
     /// The startup values of unreported settings: what RESET returns to.
     startup: Vec<(String, Value)>,
-    /// A hash of `want` (never 0 once computed): a server last synced to the same shape, and
-    /// unchanged since, needs no sync (`ServerConn::synced`).
+    /// A keyed hash of `want` (never 0 once computed): a server last synced to the same shape,
+    /// and unchanged since, needs no sync (`ServerConn::synced`). Keyed with the proxy's
+    /// random key (`with_key`), so no client can choose settings that hash like another's.
     shape: u64,
+    key: std::collections::hash_map::RandomState,
 }
+
+impl PartialEq for ClientParams {
+    fn eq(&self, other: &Self) -> bool {
+        self.want == other.want && self.startup == other.startup
+    }
+}
+
+impl Eq for ClientParams {}
 
 impl ClientParams {
     /// The pool's defaults for reported parameters, overridden by the client's own settings.
@@ -89,24 +99,16 @@ impl ClientParams {
         self.shape
     }
 
+    /// Shapes are comparable between clients given the same key (the proxy's, one per process).
+    pub fn with_key(mut self, key: std::collections::hash_map::RandomState) -> ClientParams {
+        self.key = key;
+        self.reshape();
+        self
+    }
+
     fn reshape(&mut self) {
-        // FNV-1a over every name and value, tagged and separated.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |b: &[u8]| {
-            for &x in b {
-                h = (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3);
-            }
-            h = (h ^ 0xFF).wrapping_mul(0x0100_0000_01b3);
-        };
-        for (k, v) in &self.want {
-            eat(k.as_bytes());
-            eat(match v {
-                Value::Config(_) => b"c",
-                Value::Sql(_) => b"s",
-            });
-            eat(v.text().as_bytes());
-        }
-        self.shape = h.max(1);
+        use std::hash::BuildHasher;
+        self.shape = self.key.hash_one(&self.want).max(1);
     }
 
     fn canonical(name: &str) -> String {
@@ -244,9 +246,14 @@ mod tests {
 
     #[test]
     fn the_shape_follows_every_change() {
-        let mut p = ClientParams::new(Some(&map(&[("DateStyle", "ISO, MDY")])), &[("search_path".into(), "a".into())]);
-        let q = ClientParams::new(Some(&map(&[("DateStyle", "ISO, MDY")])), &[("search_path".into(), "a".into())]);
-        assert_eq!(p.shape(), q.shape(), "same settings, same shape");
+        let key = std::collections::hash_map::RandomState::new();
+        let mut p = ClientParams::new(Some(&map(&[("DateStyle", "ISO, MDY")])), &[("search_path".into(), "a".into())])
+            .with_key(key.clone());
+        let q = ClientParams::new(Some(&map(&[("DateStyle", "ISO, MDY")])), &[("search_path".into(), "a".into())])
+            .with_key(key);
+        assert_eq!(p.shape(), q.shape(), "same settings and key, same shape");
+        let other_key = q.clone().with_key(Default::default());
+        assert_ne!(other_key.shape(), q.shape(), "another key, another shape");
         let start = p.shape();
         p.set("search_path", Value::Sql("b".into()));
         assert_ne!(p.shape(), start);

@@ -344,7 +344,7 @@ impl<'a> Session<'a> {
                 ClientFacing::Error(pe)
             }
         })?;
-        self.params = ClientParams::new(pool.defaults(), &self.login.settings);
+        self.params = ClientParams::new(pool.defaults(), &self.login.settings).with_key(self.ctx.settings_key.clone());
         if let Some((sql, next)) = self.params.sync_sql(&server.params, &server.applied) {
             match server.run_control(&sql).await {
                 Ok(None) => server.applied = next,
