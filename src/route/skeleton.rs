@@ -44,6 +44,11 @@ impl Skeleton {
                 return false;
             }
             at += seg.len();
+            // A digit right after a name's last character would continue the name (`a.5` has
+            // the number `.5`; `a5` is one word): never the same tokens.
+            if at > 0 && b.get(at).is_some_and(u8::is_ascii_digit) && is_name_byte(b[at - 1]) {
+                return false;
+            }
             match literal_at(sql, at) {
                 Some((end, k)) if k == kind => {
                     out.push((at, end));
@@ -56,10 +61,24 @@ impl Skeleton {
     }
 }
 
+/// Bytes that continue an unquoted name (letters, digits, `_`, `$`, and anything non-ASCII).
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::route::lexer::normalize_into;
+
+    #[test]
+    fn a_digit_that_would_continue_a_name_does_not_match() {
+        let s = skeleton("select a.5");
+        let mut lits = Vec::new();
+        assert!(s.matches("select a.75", &mut lits));
+        assert!(!s.matches("select a5", &mut lits), "a5 is one word, not a and .5");
+        assert_ne!(key("select a5"), key("select a.5"));
+    }
 
     fn skeleton(sql: &str) -> Skeleton {
         let (mut key, mut lits) = (Vec::new(), Vec::new());
