@@ -1,7 +1,7 @@
 //! The settings a client expects its server to have (its startup parameters and `options`,
 //! plus the pool's defaults for the parameters PostgreSQL reports), and the SQL that brings a
-//! server connection in line before the client's request is forwarded. Pure: the relay runs
-//! the SQL.
+//! server connection in line before the client's request is forwarded (`sync_sql`, pure), and
+//! `sync`, which runs it on a server unless the server already matches.
 
 use std::collections::HashMap;
 
@@ -211,6 +211,26 @@ impl ClientParams {
         }
         (!sql.is_empty()).then_some((sql, next))
     }
+}
+
+/// Brings `server` in line with `params`: nothing when it was last synced to settings of the
+/// same shape and nothing changed them since. Ok(Some(err)): the server refused the settings
+/// (the caller decides what the client is told and whether the server can be kept).
+pub async fn sync(
+    params: &ClientParams,
+    server: &mut crate::server::ServerConn,
+) -> Result<Option<crate::wire::backend::ErrorFields>, crate::server::ServerError> {
+    if server.synced == params.shape() {
+        return Ok(None);
+    }
+    if let Some((sql, next)) = params.sync_sql(&server.params, &server.applied) {
+        match Box::pin(server.run_control(&sql)).await? {
+            None => server.applied = next,
+            Some(err) => return Ok(Some(err)),
+        }
+    }
+    server.synced = params.shape();
+    Ok(None)
 }
 
 /// Records on a server's `applied` map that the client itself set `name` there.

@@ -345,22 +345,20 @@ impl<'a> Session<'a> {
             }
         })?;
         self.params = ClientParams::new(pool.defaults(), &self.login.settings).with_key(self.ctx.settings_key.clone());
-        if let Some((sql, next)) = self.params.sync_sql(&server.params, &server.applied) {
-            match server.run_control(&sql).await {
-                Ok(None) => server.applied = next,
-                Ok(Some(err)) => {
-                    // An invalid startup setting: PostgreSQL refuses the connection the same way.
-                    let _ = server.run_control("RESET ALL").await;
-                    server.applied.clear();
-                    return Err(ClientFacing::Error(PgError::fatal(
-                        SqlState(startup_setting_code(err.code.as_deref())),
-                        err.message.unwrap_or_else(|| "invalid startup parameter".into()),
-                    )));
-                }
-                Err(e) => {
-                    discard(server);
-                    return Err(e.client_error());
-                }
+        match super::params::sync(&self.params, &mut server).await {
+            Ok(None) => {}
+            Ok(Some(err)) => {
+                // An invalid startup setting: PostgreSQL refuses the connection the same way.
+                let _ = server.run_control("RESET ALL").await;
+                server.applied.clear();
+                return Err(ClientFacing::Error(PgError::fatal(
+                    SqlState(startup_setting_code(err.code.as_deref())),
+                    err.message.unwrap_or_else(|| "invalid startup parameter".into()),
+                )));
+            }
+            Err(e) => {
+                discard(server);
+                return Err(e.client_error());
             }
         }
         self.params.adopt_reported(&server.params);
@@ -471,31 +469,22 @@ impl<'a> Session<'a> {
                 (Err(e), _) => return Err(e.to_pg()),
             }
         };
-        // A server last synced to settings like this client's, and unchanged since, needs nothing.
-        let todo = if server.synced == self.params.shape() {
-            None
-        } else {
-            self.params.sync_sql(&server.params, &server.applied)
-        };
-        if let Some((sql, next)) = todo {
-            match Box::pin(server.run_control(&sql)).await {
-                Ok(None) => server.applied = next,
-                Ok(Some(err)) => {
-                    // The server may still carry another client's settings: never use it.
-                    tracing::warn!(pool = %pool.name, error = %err, "could not apply client settings; closing the server");
-                    discard(server);
-                    return Err(PgError::error(
-                        SqlState::CONNECTION_EXCEPTION,
-                        format!("pgweir: could not restore this session's settings on a server: {err}"),
-                    ));
-                }
-                Err(e) => {
-                    discard(server);
-                    return Err(PgError::error(SqlState::CONNECTION_FAILURE, format!("pgweir: {e}")));
-                }
+        match super::params::sync(&self.params, &mut server).await {
+            Ok(None) => {}
+            Ok(Some(err)) => {
+                // The server may still carry another client's settings: never use it.
+                tracing::warn!(pool = %pool.name, error = %err, "could not apply client settings; closing the server");
+                discard(server);
+                return Err(PgError::error(
+                    SqlState::CONNECTION_EXCEPTION,
+                    format!("pgweir: could not restore this session's settings on a server: {err}"),
+                ));
+            }
+            Err(e) => {
+                discard(server);
+                return Err(PgError::error(SqlState::CONNECTION_FAILURE, format!("pgweir: {e}")));
             }
         }
-        server.synced = self.params.shape();
         self.cancel.slot.attach(server.cancel_key.clone());
         self.attach(server, pool, member);
         Ok(())

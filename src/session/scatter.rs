@@ -187,24 +187,16 @@ impl Session<'_> {
             legs.push(leg);
         }
         for server in legs.iter_mut() {
-            let todo = if server.synced == self.params.shape() {
-                None
-            } else {
-                self.params.sync_sql(&server.params, &server.applied)
-            };
-            if let Some((sql, next)) = todo {
-                match server.run_control(&sql).await {
-                    Ok(None) => server.applied = next,
-                    Ok(Some(err)) => {
-                        return Err(PgError::error(
-                            SqlState::CONNECTION_EXCEPTION,
-                            format!("pgweir: could not apply this session's settings on a shard: {err}"),
-                        ))
-                    }
-                    Err(e) => return Err(lost(e)),
+            match super::params::sync(&self.params, server).await {
+                Ok(None) => {}
+                Ok(Some(err)) => {
+                    return Err(PgError::error(
+                        SqlState::CONNECTION_EXCEPTION,
+                        format!("pgweir: could not apply this session's settings on a shard: {err}"),
+                    ))
                 }
+                Err(e) => return Err(lost(e)),
             }
-            server.synced = self.params.shape();
         }
         Ok(legs)
     }

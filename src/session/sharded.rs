@@ -4,7 +4,7 @@
 //! inside each shard as they do for one cluster); a scatter read or a split write is run by
 //! `scatter`; anything that cannot be routed is refused with the reason. Inside a transaction
 //! the target is fixed by its first statement, and a statement for another target is refused
-//! (`check_in_transaction`).
+//! (`check_in_transaction`, and `Proto::shard_refusal` for what is forwarded while attached).
 
 use std::sync::Arc;
 
@@ -381,4 +381,52 @@ fn text_of(b: &[u8]) -> String {
 
 fn is_multi(d: &Decision) -> bool {
     matches!(d, Decision::Scatter(_) | Decision::Split(_) | Decision::CopyIn(_))
+}
+
+/// The attached server's side: statements forwarded inside a routed request or transaction are
+/// checked against the target they belong on.
+impl super::proto::Proto {
+    /// Inside a transaction of a sharded database: the error for a statement of another target.
+    /// A statement forwarded to the attached server that belongs on another target. The
+    /// statements of the request that was routed when the server was attached are not checked
+    /// again; everything after them is: statements of a transaction, of a pinned session, or of
+    /// a batch continued after a Flush (asyncpg's Parse/Describe/Flush, then Bind).
+    pub(super) fn shard_refusal(&mut self, text: &str, bind: Option<&[u8]>) -> Option<PgError> {
+        let check = self.shard_check.as_ref()?;
+        if self.shard_skip > 0 {
+            self.shard_skip -= 1;
+            return None;
+        }
+        let in_block = self.plan.status != b'I' || self.state.pins.any();
+        let cache = self.route_cache.get_or_insert_with(Default::default);
+        check.check(cache, text, bind, in_block)
+    }
+
+    /// A Bind of a named statement, between transactions, in a batch continued after a Flush,
+    /// whose key belongs on another target: it can run there (the statement is prepared there
+    /// at first use).
+    pub(super) fn belongs_elsewhere(&mut self, body: &[u8]) -> bool {
+        let Some(check) = self.shard_check.as_ref() else { return false };
+        if self.shard_skip > 0 || !self.rewrite || self.plan.status != b'I' || self.state.pins.any() {
+            return false;
+        }
+        let Some((_, stmt, rest_at)) = super::stmts::parse_bind_names(body) else { return false };
+        let Some(def) = self.stmts.get(stmt).filter(|_| !stmt.is_empty()) else { return false };
+        let Some(p) = super::stmts::parse_parse(&def.parse_frame[5..]) else { return false };
+        let text = crate::wire::text(p.query).into_owned();
+        let cache = self.route_cache.get_or_insert_with(Default::default);
+        check.elsewhere(cache, &text, &body[rest_at..])
+    }
+
+    pub(super) fn bind_refusal(&mut self, body: &[u8]) -> Option<PgError> {
+        self.shard_check.as_ref()?;
+        let (_, stmt, rest_at) = super::stmts::parse_bind_names(body)?;
+        let text = if stmt.is_empty() {
+            self.unnamed_text.clone()?
+        } else {
+            let def = self.stmts.get(stmt)?;
+            String::from_utf8_lossy(super::stmts::parse_parse(&def.parse_frame[5..])?.query).into_owned()
+        };
+        self.shard_refusal(&text, Some(&body[rest_at..]))
+    }
 }

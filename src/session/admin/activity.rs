@@ -1,34 +1,13 @@
 //! The console's views of what is running: SHOW SERVERS (every open server connection, with
 //! PgBouncer's columns) and SHOW QUERIES (top statements by fingerprint).
 
-use super::table::{Table, INT8, TEXT};
+use super::table::{Table, INT8, SOCKET_COLUMNS, TEXT};
 use crate::session::Context;
 
 const FLOAT8: u32 = 701;
 
 pub(super) fn servers(ctx: &Context) -> Table {
-    let mut t = Table::new(&[
-        ("type", TEXT),
-        ("user", TEXT),
-        ("database", TEXT),
-        ("state", TEXT),
-        ("addr", TEXT),
-        ("port", INT8),
-        ("local_addr", TEXT),
-        ("local_port", INT8),
-        ("connect_time", TEXT),
-        ("request_time", TEXT),
-        ("wait", INT8),
-        ("wait_us", INT8),
-        ("close_needed", INT8),
-        ("ptr", TEXT),
-        ("link", TEXT),
-        ("remote_pid", INT8),
-        ("tls", TEXT),
-        ("application_name", TEXT),
-        ("prepared_statements", INT8),
-        ("id", INT8),
-    ]);
+    let mut t = Table::new(&[&SOCKET_COLUMNS[..], &[("prepared_statements", INT8), ("id", INT8)]].concat());
     let mut pools = ctx.pools.all();
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     for p in pools {

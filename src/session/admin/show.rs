@@ -3,31 +3,11 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::table::{Table, INT8, TEXT};
+use super::table::{Table, INT8, SOCKET_COLUMNS, TEXT};
 use crate::session::Context;
 
 pub(super) fn clients(ctx: &Context) -> Table {
-    let mut t = Table::new(&[
-        ("type", TEXT),
-        ("user", TEXT),
-        ("database", TEXT),
-        ("state", TEXT),
-        ("addr", TEXT),
-        ("port", INT8),
-        ("local_addr", TEXT),
-        ("local_port", INT8),
-        ("connect_time", TEXT),
-        ("request_time", TEXT),
-        ("wait", INT8),
-        ("wait_us", INT8),
-        ("close_needed", INT8),
-        ("ptr", TEXT),
-        ("link", TEXT),
-        ("remote_pid", INT8),
-        ("tls", TEXT),
-        ("application_name", TEXT),
-        ("id", INT8),
-    ]);
+    let mut t = Table::new(&[&SOCKET_COLUMNS[..], &[("id", INT8)]].concat());
     for (id, slot) in ctx.cancels.clients() {
         let info = slot.info.lock().unwrap_or_else(|p| p.into_inner());
         let Some(i) = info.as_ref() else { continue };

@@ -7,6 +7,28 @@ use crate::wire::tag;
 pub(super) const TEXT: u32 = 25;
 pub(super) const INT8: u32 = 20;
 
+/// The columns PgBouncer's SHOW CLIENTS and SHOW SERVERS share (one row per socket).
+pub(super) const SOCKET_COLUMNS: [(&str, u32); 18] = [
+    ("type", TEXT),
+    ("user", TEXT),
+    ("database", TEXT),
+    ("state", TEXT),
+    ("addr", TEXT),
+    ("port", INT8),
+    ("local_addr", TEXT),
+    ("local_port", INT8),
+    ("connect_time", TEXT),
+    ("request_time", TEXT),
+    ("wait", INT8),
+    ("wait_us", INT8),
+    ("close_needed", INT8),
+    ("ptr", TEXT),
+    ("link", TEXT),
+    ("remote_pid", INT8),
+    ("tls", TEXT),
+    ("application_name", TEXT),
+];
+
 /// A result: columns (name, type OID) and rows of text values.
 pub(super) struct Table {
     pub(super) cols: Vec<(&'static str, u32)>,
