@@ -2,7 +2,8 @@
 # End-to-end comparison: pgbench -S directly against PostgreSQL, through PgBouncer (transaction
 # mode) and through PgWeir (transaction mode), same pool size, interleaved runs, on a throwaway
 # cluster this script starts itself. Reports median TPS (with min..max), ratios against
-# PgBouncer, and each proxy's CPU seconds per 1,000 transactions.
+# PgBouncer, and each proxy's CPU seconds per 1,000 transactions (with the part spent in the
+# kernel, which sets a floor no proxy making the same socket calls can go under).
 #
 #   benches/compare.sh                       # defaults below
 #   RUNS=5 DURATION=20 CLIENTS="16 64 512" POOL=20 benches/compare.sh
@@ -78,8 +79,9 @@ sleep 1
 BOUNCER_PID=$(pgrep -f "^pgbouncer $WORK/pgbouncer.ini" | head -1)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+sys_ticks() { awk '{print $15}' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
-declare -A TPS CPU
+declare -A TPS CPU SYS
 for run in $(seq "$RUNS"); do
     for c in $CLIENTS; do
         for target in direct pgbouncer pgweir; do
@@ -88,7 +90,8 @@ for run in $(seq "$RUNS"); do
                 pgbouncer) port=$BOUNCER_PORT; pid=$BOUNCER_PID ;;
                 pgweir) port=$WEIR_PORT; pid=$WEIR_PID ;;
             esac
-            before=0; [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+            before=0; sys_before=0
+            [ -n "$pid" ] && { before=$(cpu_ticks "$pid"); sys_before=$(sys_ticks "$pid"); }
             out=$("$PGBENCH" -n -S -c "$c" -j "$THREADS" -T "$DURATION" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1)
             tps=$(echo "$out" | awk '/^tps/ {print $3}')
             tx=$(echo "$out" | awk '/processed:/ {print $NF}' | cut -d/ -f1)
@@ -96,8 +99,9 @@ for run in $(seq "$RUNS"); do
             [ "${failed:-0}" = 0 ] || echo "WARNING: $target c=$c had $failed failed transactions" >&2
             TPS[$target,$c]+="$tps "
             if [ -n "$pid" ]; then
-                after=$(cpu_ticks "$pid")
+                after=$(cpu_ticks "$pid"); sys_after=$(sys_ticks "$pid")
                 CPU[$target,$c]+="$(python3 -c "print(($after-$before)/$TICKS/$tx*1000)") "
+                SYS[$target,$c]+="$(python3 -c "print(($sys_after-$sys_before)/$TICKS/$tx*1000)") "
             fi
             printf 'run %s  clients %4s  %-9s  tps %10.1f\n' "$run" "$c" "$target" "$tps" >&2
         done
@@ -116,3 +120,4 @@ for c in $CLIENTS; do
     printf '%-8s %-28s %-28s %-28s %-10s %-10s\n' "$c" "$d" "$b" "$w" "$ratio" "$cpu"
 done
 echo "CPU seconds per 1000 transactions (median): $(for c in $CLIENTS; do echo -n "c=$c bouncer $(med ${CPU[pgbouncer,$c]}) weir $(med ${CPU[pgweir,$c]}); "; done)"
+echo "of which in the kernel (median):            $(for c in $CLIENTS; do echo -n "c=$c bouncer $(med ${SYS[pgbouncer,$c]}) weir $(med ${SYS[pgweir,$c]}); "; done)"

@@ -85,12 +85,14 @@ impl Proxy {
         let mut addrs = Vec::new();
         let mut addrs_metrics = None;
         let limit = Arc::new(Semaphore::new(config.pool.max_client_connections as usize));
+        let per_address = crate::net::admission::PerAddress::new(config.max_connections_per_address);
         for addr in &config.listen {
             let listener = bind(*addr, config.reuse_port).map_err(|source| AppError::Listen { addr: *addr, source })?;
             let local = listener.local_addr().map_err(|source| AppError::Listen { addr: *addr, source })?;
             tracing::info!(addr = %local, "listening");
             addrs.push(local);
-            tasks.spawn(accept_loop(listener, ctx.clone(), limit.clone(), stop_rx.clone()));
+            let limits = (limit.clone(), per_address.clone());
+            tasks.spawn(accept_loop(listener, ctx.clone(), limits, stop_rx.clone()));
         }
         if let Some(c) = &ctx.cache {
             tasks.spawn(c.store().clone().follow_invalidations(stop_rx.clone()));
@@ -205,7 +207,11 @@ impl Proxy {
 
 /// The monitor's login: configured, else the upstream URL's user, else auth_query's, else
 /// `postgres` without a password.
-async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, limit: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
+/// The limits checked at accept: all clients (`pool.max_client_connections`) and per address.
+type Limits = (Arc<Semaphore>, Arc<crate::net::admission::PerAddress>);
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, limits: Limits, mut stop: watch::Receiver<bool>) {
+    let (limit, per_address) = limits;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -220,21 +226,30 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, limit: Arc<Semaph
                 continue;
             }
         };
+        let Some(address_permit) = per_address.admit(peer.ip()) else {
+            tracing::warn!(%peer, "client refused: too many connections from its address");
+            let message = format!("too many connections from {}", peer.ip());
+            tokio::spawn(refuse(tcp, PgError::fatal(SqlState::TOO_MANY_CONNECTIONS, message)));
+            continue;
+        };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let mut tcp = tcp;
-                let mut out = BytesMut::new();
-                PgError::fatal(SqlState::TOO_MANY_CONNECTIONS, "sorry, too many clients already").encode(&mut out);
-                let _ = tcp.write_all(&out).await;
-            });
+            let message = "sorry, too many clients already";
+            tokio::spawn(refuse(tcp, PgError::fatal(SqlState::TOO_MANY_CONNECTIONS, message)));
             continue;
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
             session::serve(ctx, tcp, peer).await;
-            drop(permit);
+            drop((permit, address_permit));
         });
     }
+}
+
+/// Answers a client refused at accept with its error, without reading its startup packet.
+async fn refuse(mut tcp: tokio::net::TcpStream, err: PgError) {
+    let mut out = BytesMut::new();
+    err.encode(&mut out);
+    let _ = tcp.write_all(&out).await;
 }
 
 async fn maintain(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {

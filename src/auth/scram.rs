@@ -1,5 +1,6 @@
 //! SCRAM-SHA-256 (RFC 5802 / RFC 7677) exactly as PostgreSQL speaks it: the verifier format stored in
-//! `pg_authid.rolpassword`, the server side of an exchange (with a mock mode for unknown users), and the
+//! `pg_authid.rolpassword`, the server side of an exchange (with a mock mode for unknown users, and
+//! SCRAM-SHA-256-PLUS with `tls-server-end-point` channel binding over TLS), and the
 //! client side the proxy uses toward a real server, either with a password or with the ClientKey it
 //! recovered from a client's proof (PgBouncer-style pass-through).
 //!
@@ -16,8 +17,12 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use ScramError::{Malformed, Unsupported};
 
-/// The only SASL mechanism this module speaks.
+/// The SASL mechanism without channel binding.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+/// The SASL mechanism with channel binding (offered over TLS only).
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// The one channel-binding type PostgreSQL (and so the proxy) supports (RFC 5929).
+const TLS_SERVER_END_POINT: &[u8] = b"tls-server-end-point";
 /// PostgreSQL's default `scram_iterations`.
 pub const DEFAULT_ITERATIONS: u32 = 4096;
 /// The most PBKDF2 iterations the proxy computes for a server's challenge (PostgreSQL's
@@ -45,6 +50,10 @@ pub enum ScramError {
     Unsupported(&'static str),
     #[error("SCRAM channel-binding attribute does not match the client-first-message")]
     ChannelBindingMismatch,
+    /// The mechanism and the gs2 header disagree about channel binding (PostgreSQL's 08P01
+    /// "SCRAM channel binding negotiation error" cases, including a downgrade).
+    #[error("SCRAM channel binding negotiation error: {0}")]
+    ChannelBindingNegotiation(&'static str),
     #[error("SCRAM message out of order")]
     OutOfOrder,
     #[error("SCRAM nonce mismatch")]
@@ -72,6 +81,7 @@ impl ScramError {
                 | Malformed(_)
                 | Unsupported(_)
                 | Self::ChannelBindingMismatch
+                | Self::ChannelBindingNegotiation(_)
                 | Self::OutOfOrder
         )
     }
@@ -143,7 +153,8 @@ impl fmt::Display for ScramSecret {
 
 enum ServerState {
     Initial,
-    /// After server-first: (gs2 header, client-first-message-bare, server-first-message).
+    /// After server-first: (the expected `c=` content: gs2 header plus channel-binding data,
+    /// client-first-message-bare, server-first-message).
     SentFirst(Vec<u8>, Vec<u8>, Vec<u8>),
     Done,
 }
@@ -154,13 +165,28 @@ pub struct ScramServer {
     mock: bool,
     state: ServerState,
     fixed_nonce: Option<String>,
+    /// `tls-server-end-point` data of the TLS session the client came over (then PLUS is offered).
+    binding: Option<Vec<u8>>,
 }
 
 impl ScramServer {
     /// `secret`: the user's verifier; `mock`: true when the user does not exist (the exchange then fails
     /// at the final step with the same error as a wrong password, never earlier).
     pub fn new(secret: ScramSecret, mock: bool) -> ScramServer {
-        ScramServer { secret, mock, state: ServerState::Initial, fixed_nonce: None }
+        ScramServer { secret, mock, state: ServerState::Initial, fixed_nonce: None, binding: None }
+    }
+
+    /// Offers SCRAM-SHA-256-PLUS too: `end_point` is the `tls-server-end-point` channel binding of
+    /// the TLS session the client is on (`crate::net::tls::server_end_point`).
+    pub fn with_channel_binding(mut self, end_point: Vec<u8>) -> ScramServer {
+        self.binding = Some(end_point);
+        self
+    }
+
+    /// The mechanisms for AuthenticationSASL, in PostgreSQL's order (PLUS first when offered).
+    pub fn mechanisms(&self) -> Vec<String> {
+        let plus = self.binding.as_ref().map(|_| SCRAM_SHA_256_PLUS.to_owned());
+        plus.into_iter().chain([SCRAM_SHA_256.to_owned()]).collect()
     }
 
     #[cfg(test)]
@@ -176,21 +202,20 @@ impl ScramServer {
 
     /// Input: the SASLInitialResponse's mechanism name and data (client-first-message). Output:
     /// server-first-message "r=<client nonce><server nonce>,s=<salt b64>,i=<iter>". The `n=` user name
-    /// is ignored (PostgreSQL uses the startup user). Accepts gs2 headers "n,," and "y,,".
+    /// is ignored (PostgreSQL uses the startup user). Accepts gs2 headers "n,," and "y,," with
+    /// SCRAM-SHA-256 and, when channel binding is offered, "p=tls-server-end-point,," with
+    /// SCRAM-SHA-256-PLUS; "y,," while PLUS is offered is a downgrade and refused.
     pub fn client_first(&mut self, mechanism: &str, data: &[u8]) -> Result<Vec<u8>, ScramError> {
         let ServerState::Initial = std::mem::replace(&mut self.state, ServerState::Done) else {
             return Err(ScramError::OutOfOrder);
         };
-        if mechanism != SCRAM_SHA_256 {
-            return Err(ScramError::UnsupportedMechanism(mechanism.to_owned()));
-        }
-        check_no_nul(data)?;
-        let (gs2_header, bare) = match data {
-            [b'n' | b'y', b',', b',', ..] => data.split_at(3),
-            [b'p', ..] => return Err(Unsupported("channel binding")),
-            [b'n' | b'y', b',', b'a', ..] => return Err(Unsupported("authzid")),
-            _ => return Err(Malformed("invalid gs2 header")),
+        let plus = match mechanism {
+            SCRAM_SHA_256 => false,
+            SCRAM_SHA_256_PLUS if self.binding.is_some() => true,
+            _ => return Err(ScramError::UnsupportedMechanism(mechanism.to_owned())),
         };
+        check_no_nul(data)?;
+        let (gs2_header, bare) = self.gs2_header(plus, data)?;
         if bare.starts_with(b"m") {
             return Err(Unsupported("mandatory extension"));
         }
@@ -204,16 +229,47 @@ impl ScramServer {
         let (salt, iterations) = (B64.encode(&self.secret.salt), self.secret.iterations);
         let rest = format!("{server_nonce},s={salt},i={iterations}");
         let server_first = [b"r=", client_nonce, rest.as_bytes()].concat();
-        let (header, bare, first) = (gs2_header.to_vec(), bare.to_vec(), server_first.clone());
-        self.state = ServerState::SentFirst(header, bare, first);
+        let mut cbind = gs2_header.to_vec();
+        if plus {
+            cbind.extend_from_slice(self.binding.as_deref().unwrap_or_default());
+        }
+        self.state = ServerState::SentFirst(cbind, bare.to_vec(), server_first.clone());
         Ok(server_first)
+    }
+
+    /// Splits the client-first-message into its gs2 header and the bare message, checking the
+    /// channel-binding flag against the mechanism as PostgreSQL's read_client_first_message does.
+    fn gs2_header<'a>(&self, plus: bool, data: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ScramError> {
+        use ScramError::ChannelBindingNegotiation as Negotiation;
+        let header_len = match data {
+            [b'p', b'=', rest @ ..] => {
+                ensure(plus, Negotiation("SCRAM-SHA-256 was selected but the message asks for channel binding"))?;
+                let name_len = rest.iter().position(|&b| b == b',').ok_or(Malformed("invalid gs2 header"))?;
+                ensure(&rest[..name_len] == TLS_SERVER_END_POINT, Unsupported("channel-binding type"))?;
+                match rest.get(name_len + 1) {
+                    Some(b',') => 2 + name_len + 2,
+                    Some(b'a') => return Err(Unsupported("authzid")),
+                    _ => return Err(Malformed("invalid gs2 header")),
+                }
+            }
+            [b'n' | b'y', ..] if plus => {
+                return Err(Negotiation("SCRAM-SHA-256-PLUS was selected but the message has no channel binding"))
+            }
+            [b'y', b',', b',', ..] if self.binding.is_some() => {
+                return Err(Negotiation("the client thinks the server does not support channel binding, but it does"))
+            }
+            [b'n' | b'y', b',', b',', ..] => 3,
+            [b'n' | b'y', b',', b'a', ..] => return Err(Unsupported("authzid")),
+            _ => return Err(Malformed("invalid gs2 header")),
+        };
+        Ok(data.split_at(header_len))
     }
 
     /// Input: client-final-message "c=<b64 gs2 header>,r=<nonce>,p=<proof b64>". Output on success:
     /// (server-final-message "v=<b64 ServerSignature>", the recovered ClientKey).
     pub fn client_final(&mut self, data: &[u8]) -> Result<(Vec<u8>, [u8; 32]), ScramError> {
         let state = std::mem::replace(&mut self.state, ServerState::Done);
-        let ServerState::SentFirst(gs2_header, bare, first) = state else {
+        let ServerState::SentFirst(expected_cbind, bare, first) = state else {
             return Err(ScramError::OutOfOrder);
         };
         check_no_nul(data)?;
@@ -225,7 +281,7 @@ impl ScramServer {
         let proof_last = extensions.iter().all(|a| a.0 != b'p');
         ensure(proof_last, Malformed("proof not last"))?;
         let cbind = B64.decode(cbind).map_err(|_| Malformed("bad base64 in c="))?;
-        ensure(cbind == gs2_header, ScramError::ChannelBindingMismatch)?;
+        ensure(ct_eq(&cbind, &expected_cbind), ScramError::ChannelBindingMismatch)?;
         let proof = B64.decode(proof_b64).ok().and_then(|p| p.try_into().ok());
         let proof: [u8; KEY_LEN] = proof.ok_or(Malformed("malformed proof"))?;
 
@@ -730,6 +786,46 @@ mod tests {
         let (_, recovered) = server.client_final(message.as_bytes()).unwrap();
         assert_eq!(recovered, client_key);
         assert!(client_final.starts_with(b"c=biws,r=abcSRV,p="));
+    }
+
+    #[test]
+    fn plus_binds_to_the_certificate_and_refuses_downgrades() {
+        let secret = ScramSecret::from_password("pw", &[5; 16], 4096);
+        let binding = b"hash of the proxy's certificate".to_vec();
+        let server =
+            || ScramServer::with_server_nonce(secret.clone(), false, "SRV").with_channel_binding(binding.clone());
+        assert_eq!(server().mechanisms(), [SCRAM_SHA_256_PLUS, SCRAM_SHA_256]);
+        assert_eq!(ScramServer::new(secret.clone(), false).mechanisms(), [SCRAM_SHA_256]);
+
+        let header = b"p=tls-server-end-point,,".as_slice();
+        let exchange = |cbind_data: &[u8]| {
+            let mut s = server();
+            let server_first = s.client_first(SCRAM_SHA_256_PLUS, &[header, b"n=,r=abc"].concat()).unwrap();
+            let without_proof = format!("c={},r=abcSRV", B64.encode([header, cbind_data].concat()));
+            let auth = [b"n=,r=abc".as_slice(), b",", server_first.as_slice(), b",", without_proof.as_bytes()];
+            let (client_key, _) = password_keys("pw", &[5; 16], 4096);
+            let proof = xor(&client_key, &hmac(&secret.stored_key, &auth));
+            let message = format!("{without_proof},p={}", B64.encode(proof));
+            s.client_final(message.as_bytes()).map(|(_, recovered)| recovered == client_key)
+        };
+        assert_eq!(exchange(&binding), Ok(true));
+        // A man in the middle terminates TLS with another certificate: its hash differs.
+        assert_eq!(exchange(b"hash of another certificate"), Err(ScramError::ChannelBindingMismatch));
+
+        assert!(server().client_first(SCRAM_SHA_256, b"n,,n=,r=abc").is_ok(), "a client that cannot bind");
+        let violations: [(&str, &[u8]); 7] = [
+            (SCRAM_SHA_256, b"y,,n=,r=abc"),
+            (SCRAM_SHA_256_PLUS, b"n,,n=,r=abc"),
+            (SCRAM_SHA_256_PLUS, b"y,,n=,r=abc"),
+            (SCRAM_SHA_256, b"p=tls-server-end-point,,n=,r=abc"),
+            (SCRAM_SHA_256_PLUS, b"p=tls-unique,,n=,r=abc"),
+            (SCRAM_SHA_256_PLUS, b"p=tls-server-end-point,a=admin,n=,r=abc"),
+            (SCRAM_SHA_256_PLUS, b"p=tls-server-end-point"),
+        ];
+        for (mech, data) in violations {
+            let err = server().client_first(mech, data).unwrap_err();
+            assert!(err.is_protocol_violation(), "{mech} {:?}: {err}", String::from_utf8_lossy(data));
+        }
     }
 
     #[test]

@@ -264,6 +264,9 @@ pub struct Config {
     /// Addresses (`host:port`) of the other PgWeir processes sharing clients with this one.
     pub peers: Vec<String>,
     pub max_message_size: usize,
+    /// Client connections one IP address may hold at once (`proxy.max_connections_per_address`;
+    /// 0 = no limit).
+    pub max_connections_per_address: usize,
     /// Users who may connect to the admin console (database `pgweir`).
     pub admin_users: Vec<String>,
     pub client_tls: ClientTls,

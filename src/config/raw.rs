@@ -98,6 +98,7 @@ pub struct RawProxy {
     #[serde(default)]
     pub peers: Vec<String>,
     pub max_message_size: Option<usize>,
+    pub max_connections_per_address: Option<u32>,
     /// Users allowed on the admin console (virtual database `pgweir`).
     #[serde(default)]
     pub admin_users: Vec<String>,

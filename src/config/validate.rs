@@ -413,6 +413,7 @@ impl Validator<'_> {
                 None => 0,
             },
             peers: raw.proxy.peers.clone(),
+            max_connections_per_address: raw.proxy.max_connections_per_address.unwrap_or(0) as usize,
             max_message_size,
             admin_users: raw.proxy.admin_users.clone(),
             client_tls,

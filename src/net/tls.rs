@@ -1,6 +1,7 @@
-//! TLS configuration: the acceptor for client connections (certificate and key files) and the
-//! connector for server connections (`require`, `verify-ca` or `verify-full`). Uses rustls with
-//! the `ring` provider, passed explicitly (no process-wide default is needed).
+//! TLS configuration: the acceptor for client connections (certificate and key files, with the
+//! certificate's `tls-server-end-point` channel binding for SCRAM-SHA-256-PLUS) and the connector
+//! for server connections (`require`, `verify-ca` or `verify-full`). Uses rustls with the `ring`
+//! provider, passed explicitly (no process-wide default is needed).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -44,9 +45,18 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// How client connections are encrypted: the acceptor, and the `tls-server-end-point` channel
+/// binding of the certificate it presents (None when its signature algorithm defines none).
+#[derive(Clone)]
+pub struct ClientTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub end_point: Option<Arc<[u8]>>,
+}
+
 /// Builds the acceptor for client connections from PEM files.
-pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<ClientTls, TlsError> {
     let certs = read_certs(cert_file)?;
+    let end_point = server_end_point(&certs[0]).map(Arc::from);
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| TlsError::File {
         what: "private key",
         path: key_file.display().to_string(),
@@ -58,7 +68,35 @@ pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<tokio_rustls::TlsAc
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    Ok(ClientTls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), end_point })
+}
+
+/// RFC 5929 `tls-server-end-point`: the hash of the server certificate (DER), with the hash of its
+/// signature algorithm, SHA-256 for MD5 and SHA-1. None for algorithms without one single hash
+/// (Ed25519, RSASSA-PSS): then SCRAM-SHA-256-PLUS is not offered.
+pub fn server_end_point(cert_der: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    use x509_parser::oid_registry as oid;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let alg = &cert.signature_algorithm.algorithm;
+    let sha256 = [
+        oid::OID_PKCS1_MD5WITHRSAENC,
+        oid::OID_PKCS1_SHA1WITHRSA,
+        oid::OID_PKCS1_SHA256WITHRSA,
+        oid::OID_SIG_ECDSA_WITH_SHA256,
+        oid::OID_SIG_DSA_WITH_SHA1,
+    ];
+    if sha256.contains(alg) {
+        Some(sha2::Sha256::digest(cert_der).to_vec())
+    } else if [oid::OID_PKCS1_SHA384WITHRSA, oid::OID_SIG_ECDSA_WITH_SHA384].contains(alg) {
+        Some(sha2::Sha384::digest(cert_der).to_vec())
+    } else if [oid::OID_PKCS1_SHA512WITHRSA, oid::OID_SIG_ECDSA_WITH_SHA512].contains(alg) {
+        Some(sha2::Sha512::digest(cert_der).to_vec())
+    } else if [oid::OID_PKCS1_SHA224WITHRSA, oid::OID_SIG_ECDSA_WITH_SHA224].contains(alg) {
+        Some(sha2::Sha224::digest(cert_der).to_vec())
+    } else {
+        None
+    }
 }
 
 /// How a server's certificate is checked (libpq's sslmode names).
@@ -188,5 +226,28 @@ impl ServerCertVerifier for IgnoreName {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_end_point;
+    use sha2::Digest;
+
+    fn self_signed(alg: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn end_point_hash_follows_the_signature_algorithm() {
+        let p256 = self_signed(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(server_end_point(&p256), Some(sha2::Sha256::digest(&p256).to_vec()));
+        let p384 = self_signed(&rcgen::PKCS_ECDSA_P384_SHA384);
+        assert_eq!(server_end_point(&p384), Some(sha2::Sha384::digest(&p384).to_vec()));
+        let ed25519 = self_signed(&rcgen::PKCS_ED25519);
+        assert_eq!(server_end_point(&ed25519), None, "Ed25519 has no tls-server-end-point hash");
+        assert_eq!(server_end_point(b"not a certificate"), None);
     }
 }

@@ -12,7 +12,7 @@ use tokio::io::AsyncReadExt;
 
 use super::{ClientConn, Context};
 use crate::auth::md5::{md5_stored, md5_verify, random_salt};
-use crate::auth::scram::{ScramCredentials, ScramSecret, ScramServer, SCRAM_SHA_256};
+use crate::auth::scram::{ScramCredentials, ScramSecret, ScramServer};
 use crate::config::{AuthMethod, AuthQuery, Config};
 use crate::server::Credentials;
 use crate::wire::backend::{parse_password, parse_sasl_initial, put_auth};
@@ -195,7 +195,7 @@ pub async fn authenticate(ctx: &Context, client: &mut ClientConn, user: &str) ->
                 _ => None,
             };
             if let Some((s, from_verifier)) = scram_secret {
-                let client_key = scram_exchange(client, user, s.clone(), false).await?;
+                let client_key = scram_exchange(ctx, client, user, s.clone(), false).await?;
                 if from_verifier {
                     if let ScramCredentials::Keys { client_key, server_key, salt, iterations } =
                         ScramCredentials::from_client_key(client_key, &s)
@@ -209,7 +209,7 @@ pub async fn authenticate(ctx: &Context, client: &mut ClientConn, user: &str) ->
             } else {
                 // Unknown user, no password, or only an MD5 hash: PostgreSQL runs a mock SCRAM
                 // exchange that always fails, so the answer looks like a wrong password.
-                scram_exchange(client, user, ScramSecret::mock(user, &ctx.auth.mock_seed), true).await?;
+                scram_exchange(ctx, client, user, ScramSecret::mock(user, &ctx.auth.mock_seed), true).await?;
                 return Err(failed(user));
             }
         }
@@ -273,7 +273,10 @@ async fn expect_password_message(client: &mut ClientConn) -> Result<BytesMut, Pg
     Ok(body)
 }
 
+/// SCRAM-SHA-256, and SCRAM-SHA-256-PLUS (channel binding to the proxy's certificate) for a client
+/// on TLS, as PostgreSQL offers both there.
 async fn scram_exchange(
+    ctx: &Context,
     client: &mut ClientConn,
     user: &str,
     secret: ScramSecret,
@@ -281,7 +284,11 @@ async fn scram_exchange(
 ) -> Result<[u8; 32], PgError> {
     let violation = |m: String| PgError::fatal(SqlState::PROTOCOL_VIOLATION, m);
     let mut server = ScramServer::new(secret, mock);
-    put_auth(&mut client.wbuf, Authentication::SASL(vec![SCRAM_SHA_256.to_string()]));
+    let end_point = ctx.tls.as_ref().and_then(|t| t.end_point.as_ref()).filter(|_| client.stream.is_tls());
+    if let Some(end_point) = end_point {
+        server = server.with_channel_binding(end_point.to_vec());
+    }
+    put_auth(&mut client.wbuf, Authentication::SASL(server.mechanisms()));
     let body = expect_password_message(client).await?;
     let (mech, data) =
         parse_sasl_initial(&body).ok_or_else(|| violation("malformed SASLInitialResponse message".into()))?;

@@ -72,7 +72,7 @@ pub(super) async fn negotiate(ctx: &Context, tcp: TcpStream, peer: SocketAddr) -
                     .await;
                     return None;
                 }
-                match acceptor.accept(tcp).await {
+                match acceptor.acceptor.accept(tcp).await {
                     Ok(tls) => stream = Stream::Accepted(Box::new(tls)),
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");

@@ -57,7 +57,7 @@ pub struct Context {
     pub live: std::sync::RwLock<Arc<Config>>,
     pub pools: Pools,
     pub cancels: cancel::CancelRegistry,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls: Option<crate::net::tls::ClientTls>,
     pub auth: auth::AuthSource,
     pub next_server_id: Arc<AtomicU64>,
     pub welcomes: welcome::WelcomeCache,

@@ -307,3 +307,43 @@ async fn pools_nobody_uses_are_forgotten() {
     let c = connect(proxy.local_addr(), "app", None, "postgres").await;
     assert_eq!(scalar(&c, "select 'back'").await.unwrap(), "back");
 }
+
+/// Connects through the proxy from the local address `from` (any 127.0.0.0/8 address works on
+/// Linux loopback).
+async fn connect_from(
+    from: &str,
+    proxy: std::net::SocketAddr,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(proxy).await.unwrap();
+    let cfg = crate::support::client_config(proxy, "app", None, "postgres");
+    let (client, conn) = cfg.connect_raw(tcp, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_client_slot() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, &format!("{TRUST}max_connections_per_address = 2\n")).await;
+    let addr = proxy.local_addr();
+    let first = connect_from("127.0.0.1", addr).await.unwrap();
+    let _second = connect_from("127.0.0.1", addr).await.unwrap();
+    let err = connect_from("127.0.0.1", addr).await.err().expect("a third from one address is refused");
+    assert_eq!(sqlstate(&err), "53300", "{err}");
+    assert!(crate::support::message(&err).contains("too many connections from 127.0.0.1"), "{err}");
+    let other = connect_from("127.0.0.2", addr).await.expect("another address still gets in");
+    assert_eq!(crate::support::scalar(&other, "select 1").await.unwrap(), "1");
+    drop(first);
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok(c) = connect_from("127.0.0.1", addr).await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = again.expect("a closed connection frees its address's slot");
+    assert_eq!(crate::support::scalar(&again, "select 2").await.unwrap(), "2");
+}

@@ -95,3 +95,38 @@ async fn server_tls_verify_full() {
         crate::support::try_connect(proxy.local_addr(), "ssl_user", Some("ssl_pass"), "postgres").await.err().unwrap();
     assert!(crate::support::sqlstate(&err).starts_with("08"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_channel_binding_over_tls() {
+    let pg = PgCluster::start(PgOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (cert, key) = write_files(dir.path(), &ca.issue(&["localhost", "127.0.0.1"]));
+    let toml = format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[[users]]\nname = \"scram_user\"\npassword = \"scram_pass\"\n",
+        cert.display(),
+        key.display()
+    );
+    let proxy = start_proxy(&pg, &toml).await;
+    let base = format!("host=127.0.0.1 port={} user=scram_user dbname=postgres", proxy.local_addr().port());
+    let answers = tokio::task::spawn_blocking(move || {
+        let run = |extra: &str| try_psql(&format!("{base} {extra}"), "select current_user");
+        [
+            run("password=scram_pass sslmode=require channel_binding=require"),
+            run("password=wrong sslmode=require channel_binding=require"),
+            run("password=scram_pass sslmode=require channel_binding=disable"),
+            run("password=scram_pass sslmode=disable channel_binding=require"),
+        ]
+    })
+    .await
+    .unwrap();
+    // libpq's channel_binding=require fails unless the exchange was SCRAM-SHA-256-PLUS, bound to
+    // the certificate of the TLS session it verified the server over.
+    assert_eq!(answers[0].as_deref(), Ok("scram_user"), "{:?}", answers[0]);
+    let wrong = answers[1].as_ref().expect_err("wrong password");
+    assert!(wrong.contains("password authentication failed"), "{wrong}");
+    assert_eq!(answers[2].as_deref(), Ok("scram_user"), "a client that does not bind still logs in");
+    // Without TLS there is nothing to bind to: the proxy offers plain SCRAM-SHA-256 only.
+    let plain = answers[3].as_ref().expect_err("no channel binding without TLS");
+    assert!(plain.contains("channel binding"), "{plain}");
+}
