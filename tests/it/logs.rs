@@ -147,3 +147,71 @@ async fn spans_are_exported_over_otlp() {
     drop(child);
     assert!(got.is_ok(), "no session and request spans exported: {:?}", String::from_utf8_lossy(&seen));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_and_verifiers_never_reach_the_log() {
+    let pg = PgCluster::start(PgOptions::default());
+    let verifier = pg.psql("postgres", "postgres", "select rolpassword from pg_authid where rolname = 'scram_user'");
+    let md5_hash = pg.psql("postgres", "postgres", "select rolpassword from pg_authid where rolname = 'md5_user'");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let toml = dir.path().join("pgweir.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nadmin_users = [\"clear_user\"]\n\
+             [[users]]\nname = \"clear_user\"\npassword = \"clear_pass\"\n\
+             [[users]]\nname = \"scram_user\"\nscram_verifier = \"{verifier}\"\n\
+             [auth_query]\nuser = \"clear_user\"\npassword = \"clear_pass\"\n\
+             [clusters.default]\nprimary = \"postgres://127.0.0.1:{}\"\n",
+            pg.port()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("pgweir.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_pgweir"))
+        .args(["run", "--config"])
+        .arg(&toml)
+        .env("PGWEIR_LOG", "trace")
+        .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let child = Running(child);
+    let addr = wait_listening(port).await;
+    let login = |user: &'static str, password: &'static str| async move {
+        let c = crate::support::try_connect(addr, user, Some(password), "postgres").await?;
+        crate::support::scalar(&c, "select current_user").await
+    };
+    assert_eq!(login("clear_user", "clear_pass").await.unwrap(), "clear_user");
+    assert_eq!(login("scram_user", "scram_pass").await.unwrap(), "scram_user");
+    assert!(login("clear_user", "Wrong-Guess-77").await.is_err());
+    assert!(login("scram_user", "Wrong-Guess-78").await.is_err());
+    // md5_user is only known to auth_query (its MD5 hash cannot serve SCRAM: the login fails).
+    assert!(login("md5_user", "md5_pass").await.is_err());
+    let psql = pg.bin("psql");
+    let show = tokio::task::spawn_blocking(move || {
+        let out = Command::new(psql)
+            .args(["-XAtc", "show config", &format!("host=127.0.0.1 port={port} user=clear_user dbname=pgweir")])
+            .env("PGPASSWORD", "clear_pass")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    })
+    .await
+    .unwrap();
+    assert!(show.contains("pool_mode"), "{show}");
+    drop(child);
+
+    let log =
+        std::fs::read_to_string(&log_path).unwrap() + &std::fs::read_to_string(dir.path().join("stdout.log")).unwrap();
+    assert!(log.contains("clear_user") && log.lines().count() > 20, "trace logging ran:\n{log}");
+    let (_, keys) = verifier.split_once('$').unwrap();
+    let mut secrets = vec!["clear_pass", "scram_pass", "md5_pass", "Wrong-Guess-77", "Wrong-Guess-78"];
+    secrets.extend([verifier.as_str(), md5_hash.as_str(), keys]);
+    secrets.extend(keys.split(['$', ':']).filter(|k| k.len() > 8));
+    for secret in secrets {
+        assert!(!log.contains(secret), "{secret:?} reached the log");
+        assert!(!show.contains(secret), "{secret:?} is shown by SHOW CONFIG:\n{show}");
+    }
+}
