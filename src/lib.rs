@@ -23,6 +23,8 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod pool;
+#[cfg(any(test, feature = "props"))]
+pub mod props;
 pub mod route;
 pub mod server;
 pub mod session;

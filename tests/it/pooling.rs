@@ -330,7 +330,7 @@ async fn one_address_cannot_take_every_client_slot() {
     let addr = proxy.local_addr();
     let first = connect_from("127.0.0.1", addr).await.unwrap();
     let _second = connect_from("127.0.0.1", addr).await.unwrap();
-    let err = connect_from("127.0.0.1", addr).await.err().expect("a third from one address is refused");
+    let err = connect_from("127.0.0.1", addr).await.expect_err("a third from one address is refused");
     assert_eq!(sqlstate(&err), "53300", "{err}");
     assert!(crate::support::message(&err).contains("too many connections from 127.0.0.1"), "{err}");
     let other = connect_from("127.0.0.2", addr).await.expect("another address still gets in");

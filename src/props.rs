@@ -1,0 +1,288 @@
+//! Properties of the parsers that face untrusted bytes, stated once and checked two ways: by the
+//! `cargo fuzz` targets in `fuzz/` (feature `props`) and by bounded proptest runs in the normal
+//! test suite. Each function takes arbitrary input and panics when a property fails; none may
+//! panic otherwise, whatever the input.
+//!
+//! - [`frames`]: the frame splitter over any byte stream, fed in any chunking.
+//! - [`startup`]: startup packets, `options`, and the authentication messages after them.
+//! - [`classifier`]: statement classification, fingerprints and the shape caches built on them.
+
+use bytes::BytesMut;
+
+use crate::auth::scram::{ScramSecret, ScramServer, SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
+use crate::route::cache::{fingerprint, fingerprint_into, without_literals, ClassifyCache};
+use crate::route::classify::{classify, hint, leading_comments, pgweir_items};
+use crate::route::skeleton::Skeleton;
+use crate::wire::backend::{parse_password, parse_sasl_initial, AuthRequest, ErrorFields};
+use crate::wire::frame::{put_frame, FrameHead, Splitter, Step, HEADER_LEN};
+use crate::wire::startup::{encode_startup, parse_initial, parse_options, InitialPacket, MAX_STARTUP_PACKET};
+
+/// Splits `data` twice, whole and fed in pieces of `chunk` bytes, with limits taken from `knobs`:
+/// every frame held whole starts at a frame boundary, re-encodes to the same bytes, and both
+/// feedings see the same frames; streamed pieces never overrun the buffer; no input panics.
+pub fn frames(knobs: u16, chunk: u8, data: &[u8]) {
+    let max_total = 5 + usize::from(knobs >> 4) * 64;
+    let stream_above = 5 + usize::from(knobs & 0xf) * 16;
+    let streamable = |tag: u8| tag == b'D' || tag == b'd';
+    let whole = split(max_total, stream_above, data, data.len().max(1), &streamable);
+    let pieces = split(max_total, stream_above, data, usize::from(chunk).max(1), &streamable);
+    assert_eq!(whole, pieces, "chunking changed the frames");
+}
+
+/// The frames (tag, bytes) and streamed byte counts a splitter yields for `data` arriving
+/// `chunk` bytes at a time, ending at the first error.
+fn split(
+    max_total: usize,
+    stream_above: usize,
+    data: &[u8],
+    chunk: usize,
+    streamable: &impl Fn(u8) -> bool,
+) -> Vec<(u8, Vec<u8>)> {
+    let mut splitter = Splitter::new(max_total, stream_above);
+    let (mut buf, mut fed, mut out) = (Vec::new(), 0, Vec::new());
+    let mut streamed: Option<(u8, Vec<u8>)> = None;
+    loop {
+        match splitter.next(&buf, streamable) {
+            Err(_) => return out,
+            Ok(Step::Whole(head)) => {
+                assert!(head.total >= HEADER_LEN && head.total <= buf.len() && head.total <= max_total);
+                assert_eq!(head.tag, buf[0]);
+                let mut again = BytesMut::new();
+                put_frame(&mut again, head.tag, &buf[HEADER_LEN..head.total]);
+                assert_eq!(&again[..], &buf[..head.total], "a frame re-encodes to its bytes");
+                out.push((head.tag, buf.drain(..head.total).collect()));
+            }
+            Ok(Step::Partial { head, n }) => {
+                assert!(n > 0 && n <= buf.len());
+                if let Some(h) = head {
+                    assert!(h.total > stream_above && streamable(h.tag) && h.total <= max_total);
+                    streamed = Some((h.tag, Vec::new()));
+                }
+                let piece = streamed.as_mut().expect("a piece belongs to a streamed frame");
+                piece.1.extend(buf.drain(..n));
+                if !splitter.mid_frame() {
+                    out.extend(streamed.take());
+                }
+            }
+            Ok(Step::Need(n)) => {
+                assert!(n > buf.len() || (n == 0 && buf.is_empty()), "Need({n}) with {} bytes", buf.len());
+                if fed == data.len() {
+                    return out;
+                }
+                let take = chunk.min(data.len() - fed);
+                buf.extend_from_slice(&data[fed..fed + take]);
+                fed += take;
+            }
+        }
+    }
+}
+
+/// Any startup-phase packet parses or fails cleanly; a StartupMessage re-encodes to a packet
+/// that parses to the same parameters; `options` and the authentication replies (password,
+/// SASL, SCRAM messages) reject garbage without panicking, and a mock SCRAM exchange never
+/// succeeds.
+pub fn startup(data: &[u8]) {
+    match parse_initial(data) {
+        Ok(Some((packet, used))) => {
+            assert!((8..=MAX_STARTUP_PACKET).contains(&used) && used <= data.len());
+            if let InitialPacket::Startup(msg) = packet {
+                if let Some(options) = msg.get("options") {
+                    let _ = parse_options(options);
+                }
+                if msg.minor == 0
+                    && msg.params.iter().all(|(k, v)| !k.is_empty() && !k.contains('\0') && !v.contains('\0'))
+                {
+                    let params: Vec<(&str, &str)> = msg.params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    let mut again = BytesMut::new();
+                    encode_startup(&params, &mut again);
+                    if again.len() <= MAX_STARTUP_PACKET {
+                        let Ok(Some((InitialPacket::Startup(back), _))) = parse_initial(&again) else {
+                            panic!("a re-encoded startup packet does not parse");
+                        };
+                        assert_eq!(back.params, msg.params);
+                    }
+                }
+            }
+        }
+        Ok(None) => assert!(data.len() < 4 || data.len() < u32::from_be_bytes(data[..4].try_into().unwrap()) as usize),
+        Err(_) => {}
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = parse_options(text);
+    }
+    let _ = (parse_password(data), AuthRequest::parse(data), ErrorFields::parse(data), FrameHead::parse(data, 1 << 20));
+    let secret = ScramSecret::from_password("pw", &[7; 16], 1);
+    let (mechanism, first) = parse_sasl_initial(data).unwrap_or_else(|| (SCRAM_SHA_256.to_owned(), data.to_vec()));
+    for (mock, binding) in [(true, false), (false, true)] {
+        let mut server = ScramServer::new(secret.clone(), mock);
+        if binding {
+            server = server.with_channel_binding(vec![1; 32]);
+        }
+        let mechanism = if binding && mechanism != SCRAM_SHA_256 { SCRAM_SHA_256_PLUS } else { mechanism.as_str() };
+        if server.client_first(mechanism, &first).is_ok() {
+            let finished = server.client_final(data);
+            assert!(!mock || finished.is_err(), "a mock exchange succeeded");
+        }
+    }
+}
+
+/// Classification never panics and the caches never change an answer. `data` is one text, or
+/// two separated by a NUL; with one, the other is the same text with its literals changed.
+pub fn classifier(data: &[u8]) {
+    let (sql, other) = match data.iter().position(|&b| b == 0) {
+        Some(at) => (String::from_utf8_lossy(&data[..at]), String::from_utf8_lossy(&data[at + 1..]).into_owned()),
+        None => {
+            let sql = String::from_utf8_lossy(data);
+            let other = other_literals(&sql);
+            (sql, other)
+        }
+    };
+    same_answers(&sql, &other);
+    same_answers(&other, &sql);
+}
+
+/// A text classified through a [`ClassifyCache`] warmed with `other` gets what a cold
+/// classification gives; if `sql` matches `other`'s [`Skeleton`] (the same tokens up to literal
+/// values), it has `other`'s fingerprint and classification.
+pub fn same_answers(sql: &str, other: &str) {
+    let cold = classify(sql, &[]);
+    let _ = (hint(sql), leading_comments(sql), pgweir_items(sql));
+    let shown = without_literals(sql, 64);
+    assert!(shown.len() <= 64, "without_literals overran its bound");
+    let mut cache = ClassifyCache::new(16);
+    cache.classify(other, &[]);
+    assert_eq!(cache.classify(sql, &[]), cold, "the warm cache changed the answer for {sql:?} after {other:?}");
+
+    let (mut key, mut literals, mut matched) = (Vec::new(), Vec::new(), Vec::new());
+    let fp = fingerprint_into(other, &mut key, &mut literals);
+    if let Some(skeleton) = Skeleton::new(other, &literals) {
+        if skeleton.matches(sql, &mut matched) {
+            assert_eq!(fingerprint(sql), fp, "same skeleton, other fingerprint: {sql:?} / {other:?}");
+            assert_eq!(cold, classify(other, &[]), "same skeleton, other route: {sql:?} / {other:?}");
+        }
+    }
+}
+
+/// `sql` with every digit changed and every letter inside single quotes changed: the same shape
+/// when the changed characters were inside literals, a different text otherwise.
+fn other_literals(sql: &str) -> String {
+    let mut quoted = false;
+    sql.chars()
+        .map(|c| match c {
+            '\'' => {
+                quoted = !quoted;
+                c
+            }
+            '0'..='8' => char::from(c as u8 + 1),
+            '9' => '0',
+            'a'..='y' if quoted => char::from(c as u8 + 1),
+            _ => c,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig { cases: 2_000, failure_persistence: None, ..ProptestConfig::default() }
+    }
+
+    /// Statement-like text: SQL tokens, literals, comments and quotes in any order, so the
+    /// cases reach the lexer's corners more often than uniform bytes would.
+    fn sqlish() -> impl Strategy<Value = String> {
+        let pieces = prop::sample::select(vec![
+            "select ",
+            "insert into t values ",
+            "update t set a = ",
+            "begin",
+            "commit",
+            ";",
+            " ",
+            "a",
+            "a5",
+            "a.5",
+            ".5",
+            "1e3",
+            "'x'",
+            "E'\\''",
+            "$$q$$",
+            "$t$ $ $t$",
+            "\"Q\"",
+            "--c\n",
+            "/* pgweir: replica */",
+            "/*",
+            "*/",
+            "(",
+            ")",
+            ",",
+            "$1",
+            "::int",
+            "nextval('s')",
+            "for update",
+            "set ",
+            "x = ",
+            "U&'d\\0061'",
+            "B'1'",
+            "é",
+            "\u{0}",
+        ]);
+        prop::collection::vec(pieces, 0..24).prop_map(|p| p.concat())
+    }
+
+    /// Short texts from a few pieces that glue into each other (`a` `.5` / `a5`, `1` `e3` /
+    /// `1e3`), so two of them often share a skeleton, or nearly do.
+    fn tiny_sql() -> impl Strategy<Value = String> {
+        let pieces = prop::sample::select(vec![
+            "select ", "a", "5", ".5", "a5", "1", "e3", "'x'", "'", "$$", "x", " ", "nextval(", ")", "--", "\n",
+        ]);
+        prop::collection::vec(pieces, 1..6).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn frames_split_the_same_in_any_chunking(knobs: u16, chunk: u8, data in prop::collection::vec(any::<u8>(), 0..600)) {
+            super::frames(knobs, chunk, &data);
+        }
+
+        #[test]
+        fn framed_streams_split_into_their_frames(knobs: u16, chunk: u8, bodies in prop::collection::vec((any::<u8>(), prop::collection::vec(any::<u8>(), 0..300)), 0..8)) {
+            let mut data = bytes::BytesMut::new();
+            for (tag, body) in &bodies {
+                crate::wire::frame::put_frame(&mut data, *tag, body);
+            }
+            super::frames(knobs, chunk, &data);
+        }
+
+        #[test]
+        fn startup_and_auth_input_never_panics(data in prop::collection::vec(any::<u8>(), 0..400)) {
+            super::startup(&data);
+        }
+
+        #[test]
+        fn startup_packets_round_trip(params in prop::collection::vec(("[a-z_]{1,12}", "[ -~é]{0,20}"), 0..6)) {
+            let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let mut packet = bytes::BytesMut::new();
+            crate::wire::startup::encode_startup(&pairs, &mut packet);
+            super::startup(&packet);
+        }
+
+        #[test]
+        fn classifier_caches_never_change_an_answer(sql in sqlish()) {
+            super::classifier(sql.as_bytes());
+        }
+
+        #[test]
+        fn texts_of_one_skeleton_have_one_answer(a in tiny_sql(), b in tiny_sql()) {
+            super::same_answers(&a, &b);
+        }
+
+        #[test]
+        fn classifier_survives_any_bytes(data in prop::collection::vec(any::<u8>(), 0..300)) {
+            super::classifier(&data);
+        }
+    }
+}
