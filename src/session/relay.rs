@@ -545,7 +545,9 @@ impl<'a> Session<'a> {
         let Some(mut server) = self.server.take() else { return };
         let tainted = self.cancel.slot.detach().await;
         server.prepared.release();
-        let quiet = self.proto.quiet();
+        // Unsynced extended messages hold an implicit transaction that a Sync would commit:
+        // closing rolls it back, as PostgreSQL does when its client vanishes.
+        let quiet = self.proto.quiet() && !self.proto.plan.batch_open();
         let pins = &self.proto.state.pins;
         let mut clean = quiet && !tainted && !pins.poisons_server() && server.rollback_if_needed().await;
         // Session state (session mode, or a pinned client in transaction mode) is wiped before

@@ -12,6 +12,7 @@ mod cache;
 mod cli;
 pub(crate) mod drain;
 pub(crate) mod drivers;
+mod faults;
 mod logs;
 mod metrics;
 mod packaging;
