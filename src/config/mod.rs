@@ -173,6 +173,9 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     pub lifetime: Duration,
     pub connect_timeout: Duration,
+    /// A request whose server sends nothing for this long is ended as a lost connection
+    /// (`pool.query_timeout`; None = never).
+    pub query_timeout: Option<Duration>,
 }
 
 /// Whether the primary also serves reads.

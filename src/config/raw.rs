@@ -132,6 +132,7 @@ pub struct RawPool {
     pub idle_timeout: Option<Spanned<DurationValue>>,
     pub lifetime: Option<Spanned<DurationValue>>,
     pub connect_timeout: Option<Spanned<DurationValue>>,
+    pub query_timeout: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

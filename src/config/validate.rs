@@ -171,6 +171,8 @@ impl Validator<'_> {
             idle_timeout: self.duration(&p.idle_timeout, "pool.idle_timeout", Duration::from_secs(600))?,
             lifetime: self.duration(&p.lifetime, "pool.lifetime", Duration::from_secs(3600))?,
             connect_timeout: self.duration(&p.connect_timeout, "pool.connect_timeout", Duration::from_secs(5))?,
+            query_timeout: Some(self.duration(&p.query_timeout, "pool.query_timeout", Duration::ZERO)?)
+                .filter(|d| !d.is_zero()),
         };
 
         let positive = |v: &Option<Spanned<usize>>, key: &str, default: usize| -> Result<usize, ConfigError> {

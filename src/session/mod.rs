@@ -1,7 +1,8 @@
 //! One client session, from the first byte to the last: TLS and startup negotiation
 //! (`handshake`), authentication (`auth`), choosing the pool, the parameter set the client sees
 //! (`params`), and the relay loop that checks a server out at the first message of a
-//! transaction and gives it back when ReadyForQuery says idle (`relay`). Cancel keys live in
+//! transaction and gives it back when ReadyForQuery says idle (`relay`; a server lost or silent
+//! under its requests in `lost`). Cancel keys live in
 //! `cancel`. Sharded and federated databases are routed per request (`sharded`; multi-shard
 //! requests in `scatter`, `merge_stream`, `copy_split`). The admin console (`admin`), PAUSE /
 //! KILL / drain state (`control`), RELOAD (`reload`) and the session's own state reporting
@@ -17,6 +18,7 @@ pub mod control;
 mod copy_split;
 mod handshake;
 mod invalidate;
+mod lost;
 mod merge_stream;
 pub mod params;
 pub mod plan;

@@ -211,6 +211,11 @@ impl Plan {
         self.q.is_empty() && !self.copy_in
     }
 
+    /// A request waits on the server (not on the client's COPY data).
+    pub fn awaits_server(&self) -> bool {
+        !self.q.is_empty() && !self.copy_in
+    }
+
     /// Requests still owed a ReadyForQuery.
     pub fn pending_boundaries(&self) -> usize {
         self.q.iter().filter(|e| matches!(e, Entry::Client(u) | Entry::Injected(u) if u.is_boundary())).count()

@@ -221,7 +221,10 @@ impl super::relay::Session<'_> {
                 reserve_for(&mut server.rbuf, p.sneed);
                 match poll_read_buf(Pin::new(&mut server.stream), cx, &mut server.rbuf) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => server_eof = true,
-                    Poll::Ready(Ok(_)) => progress = true,
+                    Poll::Ready(Ok(_)) => {
+                        progress = true;
+                        self.heard = true;
+                    }
                     Poll::Pending => {}
                 }
             }

@@ -39,6 +39,8 @@ pub(super) struct Session<'a> {
     pub(super) skip_to_sync: bool,
     /// The client sent Terminate while attached: finish what it already sent, then leave.
     pub(super) terminating: bool,
+    /// The server sent bytes since `pool.query_timeout`'s deadline was last moved.
+    pub(super) heard: bool,
     /// This session counts in its pool's pinned clients.
     pub(super) counted_pin: bool,
     /// The member and pool of the attached server.
@@ -115,6 +117,7 @@ impl<'a> Session<'a> {
             sflush: false,
             skip_to_sync: false,
             terminating: false,
+            heard: false,
             counted_pin: false,
             member: None,
             current_pool: None,
@@ -226,7 +229,7 @@ impl<'a> Session<'a> {
                 }
             }
             self.proto.may_pin = self.counted_pin || self.login.pool.may_pin();
-            match poll_fn(|cx| self.poll_attached(cx)).await {
+            match self.attached().await {
                 Attached::Release => self.release().await,
                 Attached::Invalidate => Box::pin(self.invalidate_due()).await,
                 Attached::ClientGone | Attached::Terminate => return Box::pin(self.finish_server()).await,
@@ -563,35 +566,6 @@ impl<'a> Session<'a> {
             tracing::debug!(pool = %self.login.pool.name, "closing a server connection its client left mid-request");
             discard(server);
         }
-    }
-
-    /// The server died under the client's requests: each request still owed an answer gets a
-    /// class 08 error and ReadyForQuery (08007 for a COMMIT, whose outcome is unknown); a batch
-    /// the client has not finished yet is dropped up to its Sync.
-    fn answer_lost_requests(&mut self, member: Option<Member>) {
-        let plan = &self.proto.plan;
-        // A write in flight outside a block commits as it ends: its outcome is unknown too.
-        let autocommit_write = member == Some(Member::Primary) && self.proto.wrote && plan.status == b'I';
-        let (code, what) = if plan.pending_commit() || autocommit_write {
-            (SqlState("08007"), "the COMMIT's outcome is unknown: check before retrying")
-        } else {
-            (SqlState::CONNECTION_FAILURE, "the request (and its transaction, if any) did not complete")
-        };
-        let detail = self.proto.held_fatal.take().unwrap_or_else(|| "the server closed the connection".into());
-        let err = PgError::error(code, format!("pgweir: lost the server connection: {what}")).with_detail(detail);
-        for _ in 0..plan.pending_boundaries() {
-            err.encode(&mut self.client.wbuf);
-            put_ready_for_query(&mut self.client.wbuf, b'I');
-        }
-        if plan.batch_open() || self.proto.client_skip {
-            if plan.pending_boundaries() == 0 {
-                err.encode(&mut self.client.wbuf);
-            }
-            self.skip_to_sync = true;
-        }
-        self.proto.client_skip = false;
-        self.proto.plan.reset(b'I');
-        self.proto.to_server.clear();
     }
 
     /// Answers a request that cannot be served (wait timeout, cancel) with an error; the

@@ -244,3 +244,55 @@ async fn acknowledged_writes_survive_a_primary_failover_with_synchronous_replica
     let (acked, unknown) = check_ledger(&stop, writers, &replica).await;
     eprintln!("primary killed: {acked} inserts acknowledged, {unknown} with an unknown outcome, 0 lost");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_times_out_and_nobody_else_waits() {
+    let pg = PgCluster::start(PgOptions::default());
+    let relay = crate::support::Severable::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await;
+    // Database `postgres` reaches the server through the relay; `direct` reaches it directly.
+    let toml = format!(
+        "[proxy]\nauth = \"trust\"\n[pool]\nquery_timeout = \"1s\"\nconnect_timeout = \"1s\"\n\
+         [clusters.direct]\nprimary = \"postgres://127.0.0.1:{}\"\n\
+         [databases.direct]\ncluster = \"direct\"\ndbname = \"postgres\"\n",
+        pg.port()
+    );
+    let proxy = crate::support::start_proxy_url(&format!("postgres://{}", relay.addr), &toml).await;
+    let addr = proxy.local_addr();
+    let stalled = connect(addr, "app", None, "postgres").await;
+    let other = connect(addr, "app", None, "direct").await;
+    assert_eq!(scalar(&stalled, "select 1").await.unwrap(), "1");
+    // pool.query_timeout counts the server's silence: a statement shorter than it is not cut.
+    assert_eq!(scalar(&stalled, "select pg_sleep(0.3)::text").await.unwrap(), "");
+
+    relay.stall();
+    let started = std::time::Instant::now();
+    let query = tokio::spawn(async move {
+        let r = scalar(&stalled, "select 2").await;
+        (r, stalled)
+    });
+    // Meanwhile everyone on another server is served at once.
+    for i in 0..20 {
+        assert_eq!(scalar(&other, &format!("select {i}")).await.unwrap(), i.to_string());
+    }
+    let waiting = tokio::time::timeout(std::time::Duration::from_secs(20), query).await;
+    let (answer, stalled) = waiting.expect("the client still waits on a silent server").unwrap();
+    let waited = started.elapsed();
+    let err = answer.expect_err("a silent server cannot answer");
+    assert!(crate::support::sqlstate(&err).starts_with("08"), "{err}");
+    assert!(format!("{err:?}").contains("pool.query_timeout"), "{err:?}");
+    assert!(waited < std::time::Duration::from_secs(5), "the client waited {waited:?}");
+    // A new server connection cannot log in through the partition either: connect_timeout.
+    let started = std::time::Instant::now();
+    let fresh = crate::support::try_connect(addr, "app", None, "postgres").await;
+    let refused = match fresh {
+        Err(e) => e,
+        Ok(c) => scalar(&c, "select 3").await.expect_err("no server can be reached"),
+    };
+    assert!(crate::support::sqlstate(&refused).starts_with("08"), "{refused}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "waited {:?}", started.elapsed());
+
+    // The network heals: the same client goes on, on a new server connection.
+    relay.resume();
+    assert_eq!(scalar(&stalled, "select 4").await.unwrap(), "4");
+    assert_eq!(scalar(&other, "select 5").await.unwrap(), "5");
+}

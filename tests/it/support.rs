@@ -73,10 +73,28 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
 }
 
 /// A TCP relay in front of a server whose connections can all be cut at once.
+/// While stalled, it holds every byte it reads (connections stay open, nothing gets through),
+/// like a network partition or a hung host.
 pub struct Severable {
     pub addr: SocketAddr,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
+    stalled: tokio::sync::watch::Sender<bool>,
+}
+
+/// Copies `from` to `to`, holding what it read while `stalled` is true.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        if stalled.wait_for(|s| !*s).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Severable {
@@ -85,17 +103,35 @@ impl Severable {
         let addr = listener.local_addr().unwrap();
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let c2 = conns.clone();
+        let (stalled, stall_rx) = tokio::sync::watch::channel(false);
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let stall_rx = stall_rx.clone();
                 let h = tokio::spawn(async move {
-                    if let Ok(mut out) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    if let Ok(out) = TcpStream::connect(upstream).await {
+                        let ((in_r, in_w), (out_r, out_w)) = (inbound.into_split(), out.into_split());
+                        let up = pump(in_r, out_w, stall_rx.clone());
+                        let down = pump(out_r, in_w, stall_rx);
+                        tokio::select! {
+                            _ = up => {}
+                            _ = down => {}
+                        }
                     }
                 });
                 c2.lock().unwrap().push(h);
             }
         });
-        Severable { addr, conns, accept }
+        Severable { addr, conns, accept, stalled }
+    }
+
+    /// Stops passing bytes either way, on every connection, old and new (none is closed).
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Passes bytes again, the held ones first.
+    pub fn resume(&self) {
+        self.stalled.send_replace(false);
     }
 
     /// Cuts every connection made so far (both ends see the socket close).
