@@ -217,7 +217,9 @@ impl super::relay::Session<'_> {
 
             // server → proxy → client
             let mut server_eof = false;
-            if self.client.wbuf.len() < HIGH_WATER {
+            // Bounded both ways here too: what the client has not taken yet stays in the
+            // server's socket (its send blocks), not in the proxy.
+            if self.client.wbuf.len() < HIGH_WATER && server.rbuf.len() < HIGH_WATER.max(p.sneed) {
                 reserve_for(&mut server.rbuf, p.sneed);
                 match poll_read_buf(Pin::new(&mut server.stream), cx, &mut server.rbuf) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => server_eof = true,

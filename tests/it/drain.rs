@@ -121,7 +121,7 @@ async fn sigterm_lets_open_transactions_finish() {
     assert!(all.len() >= 8, "every client had a transaction open at SIGTERM: {all:?}");
 }
 
-fn spawn_pgweir(toml: &std::path::Path) -> std::process::Child {
+pub(crate) fn spawn_pgweir(toml: &std::path::Path) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_pgweir"))
         .args(["run", "--config"])
         .arg(toml)

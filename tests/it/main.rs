@@ -14,6 +14,7 @@ pub(crate) mod drain;
 pub(crate) mod drivers;
 mod faults;
 mod logs;
+mod long;
 mod metrics;
 mod packaging;
 mod pooling;

@@ -284,6 +284,27 @@ async fn a_client_that_stops_reading_stalls_its_server_not_the_proxy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_of_small_rows_is_not_buffered() {
+    let pg = PgCluster::start(PgOptions::default());
+    let proxy = start_proxy(&pg, TRUST).await;
+    let addr = proxy.local_addr();
+    let before = crate::support::rss_bytes();
+    // 256 MiB in 1 KiB rows (each held whole, unlike big rows, which stream): the server
+    // produces faster than the client reads, and what the client has not taken must stay in
+    // the server's socket.
+    let sql = "select repeat('y', 1024) from generate_series(1, 262144)";
+    let read =
+        tokio::task::spawn_blocking(move || crate::raw::read_slowly(addr, sql, std::time::Duration::from_micros(200)));
+    let mut grown = 0;
+    while !read.is_finished() {
+        grown = grown.max(crate::support::rss_bytes().saturating_sub(before));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(read.await.unwrap() > 256 << 20);
+    assert!(grown < 48 << 20, "proxy memory grew by {grown} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gssenc_declined_and_cancel_after_ssl_request() {
     let pg = PgCluster::start(PgOptions::default());
     let proxy = start_proxy(&pg, TRUST).await;

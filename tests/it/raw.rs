@@ -131,3 +131,22 @@ impl RawClient {
         }
     }
 }
+
+/// Runs `sql` on a new connection and reads its answer 64 KiB at a time with `pause` after each
+/// read, to the final ReadyForQuery; returns the bytes read.
+pub fn read_slowly(addr: SocketAddr, sql: &str, pause: Duration) -> u64 {
+    let mut c = RawClient::login(addr, "app", "postgres");
+    c.query(sql);
+    let (mut buf, mut tail, mut total) = (vec![0u8; 64 * 1024], Vec::new(), 0u64);
+    loop {
+        let n = c.s.read(&mut buf).expect("read from proxy");
+        assert!(n > 0, "the proxy closed the connection");
+        total += n as u64;
+        tail.extend_from_slice(&buf[..n]);
+        tail.drain(..tail.len().saturating_sub(16));
+        if tail.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+            return total;
+        }
+        std::thread::sleep(pause);
+    }
+}
