@@ -296,3 +296,52 @@ async fn a_server_that_stops_answering_times_out_and_nobody_else_waits() {
     assert_eq!(scalar(&stalled, "select 4").await.unwrap(), "4");
     assert_eq!(scalar(&other, "select 5").await.unwrap(), "5");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_connection_reset_mid_result_fails_only_that_request() {
+    let pg = PgCluster::start(PgOptions::default());
+    let relay = crate::support::Severable::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await;
+    let proxy = crate::support::start_proxy_url(
+        &format!("postgres://{}", relay.addr),
+        "[proxy]\nauth = \"trust\"\n[pool]\nsize = 2\n",
+    )
+    .await;
+    let addr = proxy.local_addr();
+    let bystander = connect(addr, "app", None, "postgres").await;
+    let rows_seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // The reader says when the first thousand rows are in: the cut comes mid-result.
+    let (got_rows, cut) = tokio::sync::oneshot::channel::<()>();
+    let seen = rows_seen.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut c = RawClient::login(addr, "app", "postgres");
+        c.query("select repeat('r', 1000) from generate_series(1, 5000000)");
+        let mut tags = Vec::new();
+        let mut got_rows = Some(got_rows);
+        loop {
+            let (t, body) = c.read();
+            if t == b'D' {
+                if seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 1000 {
+                    got_rows.take().unwrap().send(()).unwrap();
+                }
+                continue;
+            }
+            tags.push((t, String::from_utf8_lossy(&body).into_owned()));
+            if t == b'Z' {
+                break;
+            }
+        }
+        // The same client goes on.
+        c.query("select 'after'");
+        let after = c.until(b'Z');
+        (tags, after)
+    });
+    cut.await.unwrap();
+    relay.sever();
+    let (tags, after) = reader.await.unwrap();
+    let error = tags.iter().find(|(t, _)| *t == b'E').expect("an ErrorResponse after the partial result");
+    assert!(error.1.contains("08006"), "{tags:?}");
+    assert!(!tags.iter().any(|(t, _)| *t == b'C'), "the result must not look complete: {tags:?}");
+    assert!(rows_seen.load(std::sync::atomic::Ordering::Relaxed) < 5_000_000);
+    assert_eq!(after, vec![b'T', b'D', b'C', b'Z']);
+    assert_eq!(scalar(&bystander, "select 'unaffected'").await.unwrap(), "unaffected");
+}

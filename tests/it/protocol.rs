@@ -126,11 +126,13 @@ async fn malformed_startup_packets_get_errors() {
             raw_exchange(addr, &[0, 0, 0, 14, 0, 3, 0, 0, b'u', b's', b'e', b'r', 0, b'x']),
             // absurd length
             raw_exchange(addr, &[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]),
+            // one byte over PostgreSQL's 10,000-byte startup packet limit: refused at once
+            raw_exchange(addr, &[0, 0, 0x27, 0x11, 0, 3, 0, 0]),
         ]
     })
     .await
     .unwrap();
-    let codes = ["08P01", "0A000", "08P01", "08P01"];
+    let codes = ["08P01", "0A000", "08P01", "08P01", "08P01"];
     for (a, code) in answers.iter().zip(codes) {
         assert_eq!(a.first(), Some(&b'E'), "{a:?}");
         assert!(String::from_utf8_lossy(a).contains(code), "{code}: {}", String::from_utf8_lossy(a));
