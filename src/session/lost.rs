@@ -57,6 +57,8 @@ impl Session<'_> {
     /// class 08 error and ReadyForQuery (08007 for a COMMIT, whose outcome is unknown); a batch
     /// the client has not finished yet is dropped up to its Sync.
     pub(super) fn answer_lost_requests(&mut self, member: Option<Member>) {
+        // Nothing is held back any more: what the client got so far, then the errors.
+        self.proto.capture = None;
         let plan = &self.proto.plan;
         // A write in flight outside a block commits as it ends: its outcome is unknown too.
         let autocommit_write = member == Some(Member::Primary) && self.proto.wrote && plan.status == b'I';

@@ -10,7 +10,7 @@ use bytes::{Buf, BytesMut};
 
 use super::params::ClientParams;
 use super::plan::{Dropped, Event, Plan, QueryFx, Unit, Verdict};
-use super::retry::RetryCause;
+use super::retry::{Captured, RetryCause};
 use super::state::{pins_for, ServerSide, SessionState};
 use super::stmts::{self, ClientStatements};
 use crate::route::session_sql::{query_effects, Effect};
@@ -74,11 +74,12 @@ pub struct Proto {
     pub may_pin: bool,
     /// A request that may write ran on the attached server (read-your-writes).
     pub wrote: bool,
-    /// The client messages of a read on a replica, kept until its first answer reaches the
-    /// client, to run it elsewhere if the replica fails first. `capture_done`: its end (Sync or
-    /// Query) was seen.
+    /// The client messages of a read on a replica, kept (and its answer held in the client's
+    /// output past `hold` bytes) until it ends, to run it elsewhere if the replica fails first.
+    /// `capture_done`: its end (Sync or Query) was seen.
     pub capture: Option<BytesMut>,
     pub(super) capture_done: bool,
+    pub hold: usize,
     /// Attached to a replica: one request at a time, so a pipelined write behind a read is
     /// routed on its own (to the primary) instead of following the read.
     pub on_replica: bool,
@@ -140,6 +141,7 @@ impl Proto {
             on_replica: false,
             capture: None,
             capture_done: false,
+            hold: 0,
             retry: None,
             cache: None,
             cstate: Default::default(),
@@ -172,7 +174,6 @@ impl Proto {
         true
     }
 
-    /// Starts keeping the request's messages so a failed replica read can run again.
     /// A server was just attached (at a ReadyForQuery boundary with `status`).
     pub fn attach(&mut self, status: u8) {
         self.plan.reset(status);
@@ -451,25 +452,13 @@ impl Proto {
                     if h.tag == tag::READY_FOR_QUERY && self.writes_due(server.rbuf.get(5).copied().unwrap_or(b'I')) {
                         return Ok(0);
                     }
-                    if self.capture.is_some() {
-                        match h.tag {
-                            tag::ERROR_RESPONSE => {
-                                if let Some(cause) = self.retry_cause(&server.rbuf[5..h.total]) {
-                                    // Nothing reached the client yet: swallow this, run it again.
-                                    self.retry = Some(cause);
-                                    return Ok(0);
-                                }
-                                self.capture = None;
-                            }
-                            // A dying server's "terminating connection" warning is not the
-                            // client's business when the read will run elsewhere.
-                            tag::NOTICE_RESPONSE if self.retry_cause(&server.rbuf[5..h.total]).is_some() => {
-                                server.rbuf.advance(h.total);
-                                continue;
-                            }
-                            tag::NOTICE_RESPONSE | tag::PARAMETER_STATUS | tag::NOTIFICATION => {}
-                            _ => self.capture = None,
+                    match self.captured_answer(h.tag, &server.rbuf[5..h.total], out.len()) {
+                        Captured::Retry => return Ok(0),
+                        Captured::Swallow => {
+                            server.rbuf.advance(h.total);
+                            continue;
                         }
+                        Captured::Pass => {}
                     }
                     let frame = server.rbuf.split_to(h.total);
                     let body = &frame[5..];

@@ -39,21 +39,27 @@ pub enum Attached {
     Invalidate,
 }
 
-/// Writes pending output to a stream; Err(()) if the stream failed.
 /// The first read of an idle session's next request (more is reserved once its size is known).
 const IDLE_READ: usize = 1024;
 
+/// Writes pending output to a stream, only its first `*limit` bytes when a limit is given (the
+/// rest is held back; the limit shrinks by what was written); Err(()) if the stream failed.
 fn poll_out<S: AsyncWrite + Unpin>(
     s: &mut S,
     cx: &mut TaskContext<'_>,
     buf: &mut BytesMut,
     needs_flush: &mut bool,
+    mut limit: Option<&mut usize>,
 ) -> Result<bool, ()> {
     let mut progress = false;
-    if !buf.is_empty() {
-        match Pin::new(&mut *s).poll_write(cx, buf) {
+    let writable = limit.as_deref().map_or(buf.len(), |l| (*l).min(buf.len()));
+    if writable > 0 {
+        match Pin::new(&mut *s).poll_write(cx, &buf[..writable]) {
             Poll::Ready(Ok(n)) => {
                 buf.advance(n);
+                if let Some(l) = limit.as_deref_mut() {
+                    *l -= n;
+                }
                 *needs_flush = true;
                 progress = true;
             }
@@ -61,7 +67,8 @@ fn poll_out<S: AsyncWrite + Unpin>(
             Poll::Pending => {}
         }
     }
-    if buf.is_empty() && *needs_flush {
+    let pending = limit.map_or(buf.len(), |l| (*l).min(buf.len()));
+    if pending == 0 && *needs_flush {
         match Pin::new(&mut *s).poll_flush(cx) {
             Poll::Ready(Ok(())) => *needs_flush = false,
             Poll::Ready(Err(_)) => return Err(()),
@@ -82,7 +89,7 @@ impl super::relay::Session<'_> {
         }
         let max = self.ctx.config.max_message_size;
         loop {
-            match poll_out(&mut self.client.stream, cx, &mut self.client.wbuf, &mut self.cflush) {
+            match poll_out(&mut self.client.stream, cx, &mut self.client.wbuf, &mut self.cflush, None) {
                 Err(()) => return Poll::Ready(Idle::Gone),
                 Ok(true) => continue,
                 Ok(false) => {}
@@ -203,7 +210,7 @@ impl super::relay::Session<'_> {
                     Ok(Some(need)) => p.cneed = need,
                 }
             }
-            match poll_out(&mut server.stream, cx, &mut p.to_server, &mut self.sflush) {
+            match poll_out(&mut server.stream, cx, &mut p.to_server, &mut self.sflush, None) {
                 Err(()) => {
                     server.broken = true;
                     // A replica that went away before the request reached it: run it elsewhere.
@@ -262,7 +269,9 @@ impl super::relay::Session<'_> {
                 }
                 return Poll::Ready(Attached::ServerGone);
             }
-            match poll_out(&mut self.client.stream, cx, &mut self.client.wbuf, &mut self.cflush) {
+            // A replica read's answer is held until it is complete (see `retry`).
+            let held = p.capture.is_some().then_some(&mut p.hold);
+            match poll_out(&mut self.client.stream, cx, &mut self.client.wbuf, &mut self.cflush, held) {
                 Ok(moved) => progress |= moved,
                 // A client that said Terminate may have closed already: drop its output.
                 Err(()) if self.terminating => {

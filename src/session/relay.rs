@@ -248,6 +248,8 @@ impl<'a> Session<'a> {
                     // Put the request back in front of whatever else the client sent; nothing
                     // meant for the failed server goes to the next one.
                     self.proto.to_server.clear();
+                    // The failed member's answer, held back, never reaches the client.
+                    self.client.wbuf.truncate(self.proto.hold);
                     let mut again = self.proto.capture.take().unwrap_or_default();
                     again.extend_from_slice(&self.client.rbuf);
                     self.client.rbuf = again;
@@ -497,7 +499,7 @@ impl<'a> Session<'a> {
     /// answering (once per request).
     fn arm_retry(&mut self, member: Member, retrying: bool) {
         if matches!(member, Member::Replica(_)) && !retrying {
-            self.proto.start_capture();
+            self.proto.start_capture(self.client.wbuf.len());
         } else {
             self.proto.capture = None;
         }

@@ -1,13 +1,29 @@
-//! Running a replica read again elsewhere: while the request's first answer has not reached
-//! the client, its messages are kept (only requests that name no statement, so they replay as
-//! they are); if the replica fails (connection lost, shutting down, 08xxx) or refuses the
-//! statement as a write (25006), the session puts them back and routes the request again.
+//! Running a replica read again elsewhere: until the request ends, its messages are kept (only
+//! requests that name no statement, so they replay as they are) and its answer is held in the
+//! client's output, unwritten; if the replica fails before the ReadyForQuery (connection lost,
+//! shutting down, 08xxx) or refuses the statement as a write (25006), the session drops the held
+//! answer, puts the messages back and routes the request again. An answer over [`HOLD_MAX`]
+//! bytes, or one the client waits for before its Sync (Flush), is let go and not retried.
 
 use bytes::BytesMut;
 
-use super::proto::{Proto, STREAM_ABOVE};
+use super::proto::{Proto, HIGH_WATER, STREAM_ABOVE};
 use crate::wire::backend::ErrorFields;
 use crate::wire::tag;
+
+/// The most of a replica read's answer held back for a retry; past it the answer streams and
+/// the read is no longer retried (below the high-water mark, so holding never stalls a pump).
+const HOLD_MAX: usize = HIGH_WATER / 2;
+
+/// What a server frame means for a captured request.
+pub(super) enum Captured {
+    /// Forward it (into the held part of the output while the capture lasts).
+    Pass,
+    /// Drop it: a dying member's notice, when the read will run elsewhere.
+    Swallow,
+    /// The member failed: run the request elsewhere (`Proto::retry` says why).
+    Retry,
+}
 
 /// Why a read is run again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,10 +45,39 @@ fn replayable(t: u8, body: &[u8]) -> bool {
 }
 
 impl Proto {
-    pub fn start_capture(&mut self) {
+    /// Captures the request about to be sent; the client's output has `out_len` bytes that are
+    /// not its answer (they may be written at once).
+    pub fn start_capture(&mut self, out_len: usize) {
         self.capture = Some(BytesMut::new());
         self.capture_done = false;
         self.retry = None;
+        self.hold = out_len;
+    }
+
+    /// Looks at a server frame while a request is captured (`out_len`: the client's output so
+    /// far). The capture ends (and the held answer goes out) with the request's ReadyForQuery,
+    /// an error that allows no retry, an answer past [`HOLD_MAX`], or an answer to a request
+    /// the client has not finished (it may wait for it, after a Flush).
+    pub(super) fn captured_answer(&mut self, t: u8, body: &[u8], out_len: usize) -> Captured {
+        if self.capture.is_none() {
+            return Captured::Pass;
+        }
+        match t {
+            tag::ERROR_RESPONSE => {
+                if let Some(cause) = self.retry_cause(body) {
+                    self.retry = Some(cause);
+                    return Captured::Retry;
+                }
+                self.capture = None;
+            }
+            // A dying server's "terminating connection" warning is not the client's business
+            // when the read will run elsewhere.
+            tag::NOTICE_RESPONSE if self.retry_cause(body).is_some() => return Captured::Swallow,
+            tag::READY_FOR_QUERY => self.capture = None,
+            _ if !self.capture_done || out_len - self.hold > HOLD_MAX => self.capture = None,
+            _ => {}
+        }
+        Captured::Pass
     }
 
     pub(super) fn capture_client(&mut self, t: u8, frame: &[u8], whole: bool) {

@@ -345,3 +345,41 @@ async fn a_server_connection_reset_mid_result_fails_only_that_request() {
     assert_eq!(after, vec![b'T', b'D', b'C', b'Z']);
     assert_eq!(scalar(&bystander, "select 'unaffected'").await.unwrap(), "unaffected");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_dying_mid_result_costs_the_reader_nothing() {
+    let primary = PgCluster::start(PgOptions::default());
+    let replica = primary.start_replica();
+    let relay = crate::support::Severable::start(format!("127.0.0.1:{}", replica.port()).parse().unwrap()).await;
+    let toml = format!(
+        "[proxy]\nauth = \"trust\"\n[routing]\nhealth_interval = \"100ms\"\n\
+         [clusters.default]\nprimary = \"postgres://127.0.0.1:{}\"\nreplicas = [\"postgres://{}\"]\n",
+        primary.port(),
+        relay.addr
+    );
+    let proxy = start_proxy(&primary, &toml).await;
+    let c = connect(proxy.local_addr(), "postgres", None, "postgres").await;
+    let read = "select g, repeat('r', 20) from generate_series(1, 500) g";
+    // Warm: the read runs on the replica (a server connection through the relay).
+    loop {
+        if scalar(&c, "select inet_server_port()::text").await.unwrap() == replica.port().to_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The replica's answer (about 20 KB) is cut after 3,000 bytes: the proxy has not let any of
+    // it reach the client, so it runs the read again elsewhere and the client sees one whole
+    // result.
+    relay.cut_after(3000);
+    let rows = c.simple_query(read).await.expect("the read runs again elsewhere");
+    let data: Vec<_> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(data.len(), 500);
+    assert_eq!(data.first().map(String::as_str), Some("1"));
+    assert_eq!(data.last().map(String::as_str), Some("500"));
+}

@@ -74,24 +74,45 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
 
 /// A TCP relay in front of a server whose connections can all be cut at once.
 /// While stalled, it holds every byte it reads (connections stay open, nothing gets through),
-/// like a network partition or a hung host.
+/// like a network partition or a hung host. [`Severable::cut_after`] cuts one connection in the
+/// middle of what the server sends.
 pub struct Severable {
     pub addr: SocketAddr,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
     stalled: tokio::sync::watch::Sender<bool>,
+    /// Armed (`Some(n)`): the first connection to pass `n` more bytes from the server is cut
+    /// right after them.
+    cut: Arc<Mutex<Option<usize>>>,
 }
 
-/// Copies `from` to `to`, holding what it read while `stalled` is true.
+/// Copies `from` to `to`, holding what it read while `stalled` is true; with `cut`, stops
+/// (closing both) once this connection passed the armed number of bytes since it was armed.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut stalled: tokio::sync::watch::Receiver<bool>,
+    cut: Option<Arc<Mutex<Option<usize>>>>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
-    while let Ok(n @ 1..) = from.read(&mut buf).await {
-        if stalled.wait_for(|s| !*s).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+    let mut passed = 0;
+    while let Ok(mut n @ 1..) = from.read(&mut buf).await {
+        if stalled.wait_for(|s| !*s).await.is_err() {
+            return;
+        }
+        let mut last = false;
+        if let Some(cut) = &cut {
+            let mut armed = cut.lock().unwrap();
+            match *armed {
+                Some(limit) if passed + n > limit => {
+                    (n, last, *armed) = (limit - passed, true, None);
+                }
+                Some(_) => passed += n,
+                None => passed = 0,
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() || last {
             return;
         }
     }
@@ -104,14 +125,16 @@ impl Severable {
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let c2 = conns.clone();
         let (stalled, stall_rx) = tokio::sync::watch::channel(false);
+        let cut: Arc<Mutex<Option<usize>>> = Arc::default();
+        let cut2 = cut.clone();
         let accept = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                let stall_rx = stall_rx.clone();
+                let (stall_rx, cut) = (stall_rx.clone(), cut2.clone());
                 let h = tokio::spawn(async move {
                     if let Ok(out) = TcpStream::connect(upstream).await {
                         let ((in_r, in_w), (out_r, out_w)) = (inbound.into_split(), out.into_split());
-                        let up = pump(in_r, out_w, stall_rx.clone());
-                        let down = pump(out_r, in_w, stall_rx);
+                        let up = pump(in_r, out_w, stall_rx.clone(), None);
+                        let down = pump(out_r, in_w, stall_rx, Some(cut));
                         tokio::select! {
                             _ = up => {}
                             _ = down => {}
@@ -121,7 +144,13 @@ impl Severable {
                 c2.lock().unwrap().push(h);
             }
         });
-        Severable { addr, conns, accept, stalled }
+        Severable { addr, conns, accept, stalled, cut }
+    }
+
+    /// Arms a cut: the first connection to pass `bytes` more bytes from the server is closed
+    /// right after them (mid-message, as a crash would).
+    pub fn cut_after(&self, bytes: usize) {
+        *self.cut.lock().unwrap() = Some(bytes);
     }
 
     /// Stops passing bytes either way, on every connection, old and new (none is closed).
