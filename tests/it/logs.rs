@@ -6,16 +6,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::drain::{wait_listening, write_config};
+use crate::support::Running;
 
-/// The proxy process, killed when the test ends (also when an assertion fails first).
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 use crate::harness::free_port;
 use crate::harness::pg::{PgCluster, PgOptions};
 

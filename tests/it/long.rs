@@ -9,16 +9,7 @@ use std::time::{Duration, Instant};
 use crate::drain::{spawn_pgweir, wait_listening, write_config};
 use crate::harness::free_port;
 use crate::harness::pg::{PgCluster, PgOptions};
-
-/// The proxy process, killed when the test ends.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::Running;
 
 /// A `/proc/PID/status` field in bytes (VmRSS, VmHWM).
 fn status_bytes(pid: u32, field: &str) -> u64 {
