@@ -452,7 +452,7 @@ impl Proto {
                     if h.tag == tag::READY_FOR_QUERY && self.writes_due(server.rbuf.get(5).copied().unwrap_or(b'I')) {
                         return Ok(0);
                     }
-                    match self.captured_answer(h.tag, &server.rbuf[5..h.total], out.len()) {
+                    match self.captured_answer(h.tag, &server.rbuf[5..h.total]) {
                         Captured::Retry => return Ok(0),
                         Captured::Swallow => {
                             server.rbuf.advance(h.total);

@@ -270,8 +270,8 @@ impl super::relay::Session<'_> {
                 return Poll::Ready(Attached::ServerGone);
             }
             // A replica read's answer is held until it is complete (see `retry`).
-            let held = p.capture.is_some().then_some(&mut p.hold);
-            match poll_out(&mut self.client.stream, cx, &mut self.client.wbuf, &mut self.cflush, held) {
+            let writable = p.writable(self.client.wbuf.len());
+            match poll_out(&mut self.client.stream, cx, &mut self.client.wbuf, &mut self.cflush, writable) {
                 Ok(moved) => progress |= moved,
                 // A client that said Terminate may have closed already: drop its output.
                 Err(()) if self.terminating => {

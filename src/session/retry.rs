@@ -54,11 +54,21 @@ impl Proto {
         self.hold = out_len;
     }
 
-    /// Looks at a server frame while a request is captured (`out_len`: the client's output so
-    /// far). The capture ends (and the held answer goes out) with the request's ReadyForQuery,
-    /// an error that allows no retry, an answer past [`HOLD_MAX`], or an answer to a request
-    /// the client has not finished (it may wait for it, after a Flush).
-    pub(super) fn captured_answer(&mut self, t: u8, body: &[u8], out_len: usize) -> Captured {
+    /// How much of the client's output (`out_len` bytes) may be written now: None for all of
+    /// it; while a replica read's answer is held, only what came before it. An answer that
+    /// grew past [`HOLD_MAX`] is let go here, before any write, so a held answer never fills
+    /// the output to the high-water mark and stalls the pump.
+    pub(super) fn writable(&mut self, out_len: usize) -> Option<&mut usize> {
+        if self.capture.is_some() && out_len.saturating_sub(self.hold) > HOLD_MAX {
+            self.capture = None;
+        }
+        self.capture.is_some().then_some(&mut self.hold)
+    }
+
+    /// Looks at a server frame while a request is captured. The capture ends (and the held
+    /// answer goes out) with the request's ReadyForQuery, an error that allows no retry, or an
+    /// answer to a request the client has not finished (it may wait for it, after a Flush).
+    pub(super) fn captured_answer(&mut self, t: u8, body: &[u8]) -> Captured {
         if self.capture.is_none() {
             return Captured::Pass;
         }
@@ -74,7 +84,7 @@ impl Proto {
             // when the read will run elsewhere.
             tag::NOTICE_RESPONSE if self.retry_cause(body).is_some() => return Captured::Swallow,
             tag::READY_FOR_QUERY => self.capture = None,
-            _ if !self.capture_done || out_len - self.hold > HOLD_MAX => self.capture = None,
+            _ if !self.capture_done => self.capture = None,
             _ => {}
         }
         Captured::Pass

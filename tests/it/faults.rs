@@ -361,12 +361,7 @@ async fn a_replica_dying_mid_result_costs_the_reader_nothing() {
     let c = connect(proxy.local_addr(), "postgres", None, "postgres").await;
     let read = "select g, repeat('r', 20) from generate_series(1, 500) g";
     // Warm: the read runs on the replica (a server connection through the relay).
-    loop {
-        if scalar(&c, "select inet_server_port()::text").await.unwrap() == replica.port().to_string() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    until_on_replica(&c, replica.port()).await;
     // The replica's answer (about 20 KB) is cut after 3,000 bytes: the proxy has not let any of
     // it reach the client, so it runs the read again elsewhere and the client sees one whole
     // result.
@@ -382,4 +377,27 @@ async fn a_replica_dying_mid_result_costs_the_reader_nothing() {
     assert_eq!(data.len(), 500);
     assert_eq!(data.first().map(String::as_str), Some("1"));
     assert_eq!(data.last().map(String::as_str), Some("500"));
+
+    // Answers too big to hold stream as before: rows of 20 KB and 50 KB in turn (a held 20 KB
+    // plus a whole 50 KB row passes the high-water mark), rows just under the size held whole,
+    // and rows streamed in pieces. The replica is back from its ban first.
+    until_on_replica(&c, replica.port()).await;
+    for (size, rows) in [("20000 + 30000 * (g % 2)", 6), ("60000", 6), ("200000", 3)] {
+        let sql = format!("select repeat('x', {size}) || g from generate_series(1, {rows}) g");
+        let big = tokio::time::timeout(std::time::Duration::from_secs(20), c.simple_query(&sql));
+        let got = big.await.expect("a big replica read never stalls").unwrap();
+        let n = got.iter().filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))).count();
+        assert_eq!(n, rows, "{size}");
+    }
+}
+
+/// Waits until `c`'s reads land on the replica listening on `port` (after a ban, say).
+async fn until_on_replica(c: &tokio_postgres::Client, port: u16) {
+    for _ in 0..400 {
+        if scalar(c, "select inet_server_port()::text").await.unwrap() == port.to_string() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("reads never reached the replica");
 }
