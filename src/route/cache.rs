@@ -15,15 +15,31 @@ const MAX_CACHED_KEY: usize = 8 * 1024;
 /// Appends the normalized token sequence: the hint, then each token with keywords lowercased
 /// (the lexer folds words) and every string or number literal as one `?` (tag byte 0x82).
 /// Injective on token sequences: punctuation is ASCII, the other tokens start with a tag byte
-/// 0x80..=0x83, words and quoted identifiers end with 0xFF (never in UTF-8), parameters are 4 bytes.
+/// 0x80..=0x84, words and quoted identifiers end with 0xFF (never in UTF-8), parameters are 4 bytes.
 fn normalize(sql: &str, out: &mut Vec<u8>) {
+    normalize_with(sql, out, &mut Vec::new());
+}
+
+/// [`normalize`], leaving the literals' byte ranges in `literals`.
+fn normalize_with(sql: &str, out: &mut Vec<u8>, literals: &mut Vec<(usize, usize)>) {
     out.push(match hint(sql) {
         None => 0,
         Some(Route::Primary) => 1,
         Some(Route::Replica) => 2,
     });
+    super::lexer::normalize_into(sql, out, literals);
+}
+
+/// The classification cache's key: [`normalize`], then each literal's kind (number, each
+/// quoting style, dollar quoting). Kinds matter to the grammar (`select 1 'x'` parses, `select
+/// .5 5.5` does not), so a text is never answered with the classification of one whose literals
+/// differ in kind; fingerprints leave kinds out.
+fn classify_key(sql: &str, out: &mut Vec<u8>) {
     let mut literals = Vec::new();
-    super::lexer::normalize_into(sql, out, &mut literals);
+    normalize_with(sql, out, &mut literals);
+    out.push(0xFE);
+    let kind = |&(start, _): &(usize, usize)| super::lexer::literal_at(sql, start).map_or(0, |(_, k)| k.min(100) as u8);
+    out.extend(literals.iter().map(kind));
 }
 
 /// A fixed-seed 64-bit hash (stable across runs and processes, so fingerprints can appear in
@@ -62,12 +78,7 @@ pub fn fingerprint(sql: &str) -> u64 {
 pub fn fingerprint_into(sql: &str, key: &mut Vec<u8>, literals: &mut Vec<(usize, usize)>) -> u64 {
     key.clear();
     literals.clear();
-    key.push(match hint(sql) {
-        None => 0,
-        Some(Route::Primary) => 1,
-        Some(Route::Replica) => 2,
-    });
-    super::lexer::normalize_into(sql, key, literals);
+    normalize_with(sql, key, literals);
     hash_key(key)
 }
 
@@ -140,7 +151,7 @@ impl ClassifyCache {
             *extra = extra_write_functions.to_vec();
         }
         key.clear();
-        normalize(sql, key);
+        classify_key(sql, key);
         let fp = hash(key);
         if let Some(entry) = entries.get(&fp) {
             if *entry.key == **key {
@@ -168,6 +179,18 @@ impl ClassifyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literal_kinds_keep_their_own_classification() {
+        // Found by the classifier property (src/props.rs): both are `select ? ?` to a
+        // fingerprint, but only one parses.
+        let mut cache = ClassifyCache::new(16);
+        let (string, numbers) = ("select 1\n'x'", "select .5\n5.5");
+        assert_eq!(cache.classify(string, &[]), classify(string, &[]));
+        assert_eq!(cache.classify(numbers, &[]), classify(numbers, &[]));
+        assert_ne!(classify(string, &[]), classify(numbers, &[]));
+        assert_eq!(fingerprint(string), fingerprint(numbers), "fingerprints ignore literal kinds");
+    }
 
     #[test]
     fn fingerprint_into_matches_fingerprint_and_reports_literals() {
